@@ -1,0 +1,28 @@
+"""megatron-csl: compressed pretraining and compression scaling laws on megatron-core."""
+from setuptools import find_packages, setup
+
+setup(
+    name="megatron_csl",
+    version="0.1.0",
+    description="Megatron-style training fork for compressed pretraining and compression scaling laws",
+    packages=find_packages(include=["megatron_csl", "megatron_csl.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "megatron-core==0.16.1",
+        "torch>=2.6",
+        "numpy",
+        "scipy",
+        "sentencepiece",
+        "psutil",
+        "pyyaml",
+        "matplotlib",
+        "tqdm",
+        "tensorboard",
+        "safetensors",
+    ],
+    extras_require={
+        "test": ["pytest", "hypothesis", "pytest-timeout", "transformers"],
+        "te": ["transformer-engine[pytorch]"],
+        "triton": ["triton"],
+    },
+)
