@@ -1,0 +1,99 @@
+"""Compressed tensor-parallel linear layers for megatron-core's local spec.
+
+megatron-core's ColumnParallelLinear and RowParallelLinear hand the local weight shard and the
+(already split or copied) input to `_forward_impl(input, weight, ...)` just before the matmul.
+Overriding that one method lets the compression format see exactly the tensors the matmul sees
+and leaves megatron's own communication, autograd function and gradient handling untouched.
+
+The formats get a ShardContext so that statistics over a split dimension are completed across
+the tensor-parallel group: the sharded result equals the slice of the unsharded one, and TP=2
+trains the same model as TP=1.
+"""
+from __future__ import annotations
+
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+
+from .resolve import resolve_compression
+
+
+def _group_or_none(tp_group):
+    """The TP process group, or None when the layer is not sharded (TP=1)."""
+    if tp_group is None or tp_group.size() == 1:
+        return None
+    return tp_group
+
+
+def _check_shape(spec, layer: str, out_features: int, in_local: int, tp: int) -> None:
+    from megatron_csl.compression import SpecError
+
+    try:
+        spec.validate_shape(out_features, in_local)
+    except SpecError as err:
+        raise SpecError(
+            f"compression {spec.canonical!r} cannot run on {layer} with weight shard "
+            f"[{out_features}, {in_local}] (tensor parallel size {tp}): {err}"
+        ) from err
+
+
+class CompressedColumnParallelLinear(ColumnParallelLinear):
+    """ColumnParallelLinear whose matmul runs on `compression`'s weight and input.
+
+    The weight shard holds whole output rows (split dim 0); the input is the full activation.
+    """
+
+    def __init__(self, input_size, output_size, *, compression, **kwargs):
+        super().__init__(input_size, output_size, **kwargs)
+        from megatron_csl.compression import ShardContext
+
+        self.compression = resolve_compression(compression)
+        tp = self.tp_group.size() if self.tp_group is not None else 1
+        _check_shape(self.compression, type(self).__name__, self.output_size_per_partition,
+                     self.input_size, tp)
+        group = _group_or_none(self.tp_group)
+        self.shard = ShardContext(
+            group=group, weight_split_dim=0 if group is not None else None, input_split=False
+        )
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        spec = self.compression
+        if spec.compresses_activations:
+            input = spec.quantize_activation(input, self.shard)
+        if spec.compresses_weights:
+            weight = spec.compress_weight(weight, self.shard)
+        return super()._forward_impl(input, weight, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}compression={self.compression.canonical}"
+
+
+class CompressedRowParallelLinear(RowParallelLinear):
+    """RowParallelLinear whose matmul runs on `compression`'s weight and input.
+
+    The weight shard holds a slice of every row's inputs (split dim 1) and the input is split
+    over its last dimension, so per-row and per-token statistics are reduced over the TP group.
+    """
+
+    def __init__(self, input_size, output_size, *, compression, **kwargs):
+        super().__init__(input_size, output_size, **kwargs)
+        from megatron_csl.compression import ShardContext
+
+        self.compression = resolve_compression(compression)
+        tp = self.tp_group.size() if self.tp_group is not None else 1
+        _check_shape(self.compression, type(self).__name__, self.output_size,
+                     self.input_size_per_partition, tp)
+        group = _group_or_none(self.tp_group)
+        self.shard = ShardContext(
+            group=group, weight_split_dim=1 if group is not None else None,
+            input_split=group is not None,
+        )
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        spec = self.compression
+        if spec.compresses_activations:
+            input = spec.quantize_activation(input, self.shard)
+        if spec.compresses_weights:
+            weight = spec.compress_weight(weight, self.shard)
+        return super()._forward_impl(input, weight, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}compression={self.compression.canonical}"
