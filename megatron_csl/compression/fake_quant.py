@@ -1,0 +1,58 @@
+"""Forward value + defined backward: attach a quantizer's (and sparsity's) gradient to its input.
+
+The forward value is computed without autograd; the gradient is attached with the detach trick
+    out = value + (x - x.detach()) * grad_mask
+whose forward adds an exact zero and whose backward is `grad * grad_mask` (straight-through when
+grad_mask is None). With a Hadamard block the quantizer works in the rotated basis
+x_rot = x H and the result is rotated back (H is symmetric and orthonormal, so the layer sees the
+weight/activation in its original basis and (x_hat)(w_hat)^T = Q(xH) Q(wH)^T); the trust mask then
+applies in the rotated basis: grad_x = ((grad H) * mask) H.
+"""
+from __future__ import annotations
+
+import torch
+
+from .hadamard import block_hadamard
+
+
+def attach_gradient(x: torch.Tensor, value: torch.Tensor, grad_mask: torch.Tensor | None,
+                    had: int = 0) -> torch.Tensor:
+    """value (no grad) with the backward of the estimator: identity or masked (in had basis)."""
+    if not x.requires_grad:
+        return value
+    delta = x - x.detach()
+    if grad_mask is None:
+        return value + delta
+    if had:
+        return value + block_hadamard(block_hadamard(delta, had) * grad_mask, had)
+    return value + delta * grad_mask
+
+
+def fake_quantize(quantizer, x: torch.Tensor, row_group, tensor_group,
+                  keep: torch.Tensor | None = None, sparse_grad: torch.Tensor | None = None):
+    """Quantize float32 matrix x [rows, cols] (optionally after pruning to `keep`).
+
+    keep: surviving entries (statistics over survivors, pruned entries exactly 0).
+    sparse_grad: the sparsity's own gradient mask (RBBM), None for straight-through.
+    """
+    with torch.no_grad():
+        xd = x.detach()
+        had = quantizer.had if quantizer is not None else 0
+        if quantizer is None:
+            value, qgrad = xd * keep, None
+        elif had:
+            value, qgrad = quantizer.quantize(block_hadamard(xd, had), row_group, tensor_group)
+            value = block_hadamard(value, had)
+        else:
+            value, qgrad = quantizer.quantize(xd, row_group, tensor_group, keep)
+            if keep is not None:
+                value = value * keep
+        if had:  # the parser forbids had with sparsity, so there is no keep/sparse_grad here
+            grad = None if qgrad is None else qgrad.float()
+        else:
+            grad = sparse_grad
+            if qgrad is not None:
+                # Pruned entries take the sparsity's gradient; survivors also the quantizer's mask.
+                qgrad = qgrad if keep is None else (qgrad | ~keep)
+                grad = qgrad.float() if grad is None else grad * qgrad.float()
+    return attach_gradient(x, value, grad, had)

@@ -1,0 +1,171 @@
+"""CompressionSpec: a parsed format (sparsity, weight quantizer, activation quantizer).
+
+Applying a spec: weights are pruned first (top-k by magnitude), then the survivors quantized with
+statistics over the survivors (pruned entries stay exactly 0); activations (the inputs of the
+linear layer) are quantized per token. See docs/formats.md for the grammar and semantics.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+
+from . import floats
+from .errors import SpecError
+from .fake_quant import fake_quantize
+from .quantizers import FloatQuant, IntQuant, _format_bits
+from .shard import LOCAL, ShardContext
+from .sparsity import Sparsity, _number
+
+Quantizer = Union[IntQuant, FloatQuant]
+
+
+@functools.total_ordering
+@dataclass(frozen=True)
+class CompressionSpec:
+    sparsity_format: Optional[Sparsity] = None
+    weight: Optional[Quantizer] = None
+    activation: Optional[Quantizer] = None
+
+    # ---- text form ---------------------------------------------------------------------------
+    @functools.cached_property
+    def canonical(self) -> str:
+        parts = []
+        if self.sparsity_format is not None:
+            sp = self.sparsity_format
+            parts.append(_token(f"s{_number(sp.percent)}", sp.options()))
+        w, a = self.weight, self.activation
+        combined = _combined_token(w, a) if w is not None and a is not None else None
+        if combined:
+            parts.append(combined)
+        else:
+            if w is not None:
+                head = f"w{_format_bits(w.bits)}" if w.kind == "int" else f"fp{int(w.element_bits)}"
+                parts.append(_token(head, w.options()))
+            if a is not None:
+                head = f"a{_format_bits(a.bits)}" if a.kind == "int" else f"afp{int(a.element_bits)}"
+                parts.append(_token(head, a.options(with_granularity=False)))
+        return "+".join(parts) or "dense"
+
+    def __str__(self) -> str:
+        return self.canonical
+
+    def __repr__(self) -> str:
+        return f"CompressionSpec({self.canonical!r})"
+
+    def __lt__(self, other):
+        if not isinstance(other, CompressionSpec):
+            return NotImplemented
+        return self.canonical < other.canonical
+
+    # ---- accounting --------------------------------------------------------------------------
+    @property
+    def is_dense(self) -> bool:
+        return self.sparsity_format is None and self.weight is None and self.activation is None
+
+    @property
+    def w_bits(self) -> float:
+        """Bits per stored weight value, block/group scales included; 16 when not quantized."""
+        return self.weight.storage_bits() if self.weight is not None else 16.0
+
+    @property
+    def a_bits(self) -> float:
+        return self.activation.storage_bits() if self.activation is not None else 16.0
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weights pruned, in [0, 1)."""
+        return self.sparsity_format.fraction if self.sparsity_format is not None else 0.0
+
+    @property
+    def effective_w_bits(self) -> float:
+        return self.w_bits * (1.0 - self.sparsity)
+
+    @property
+    def compresses_weights(self) -> bool:
+        return self.weight is not None or self.sparsity_format is not None
+
+    @property
+    def compresses_activations(self) -> bool:
+        return self.activation is not None
+
+    # ---- shapes --------------------------------------------------------------------------------
+    def validate_shape(self, out_features: int, in_features_local: int) -> None:
+        """SpecError if a block of this format (N:M's M, group, Hadamard, mx/nv block) does not
+        divide the local input dimension."""
+        for name, value in (("out_features", out_features), ("in_features_local", in_features_local)):
+            if not isinstance(value, int) or value < 1:
+                raise SpecError(f"{self.canonical}: {name} must be a positive integer, got {value!r}")
+        parts = [p for p in (self.sparsity_format, self.weight, self.activation) if p is not None]
+        for part in parts:
+            for option, size in part.block_sizes():
+                if in_features_local % size:
+                    raise SpecError(
+                        f"{self.canonical}: option '{option}' needs the (local) input dimension to "
+                        f"be a multiple of {size}, but it is {in_features_local}; choose a block "
+                        f"size that divides {in_features_local} or another layout")
+
+    # ---- application ---------------------------------------------------------------------------
+    def compress_weight(self, w: torch.Tensor, shard: ShardContext = LOCAL) -> torch.Tensor:
+        """Compressed weight [out, in_local] (same shape and dtype), gradient per estimator."""
+        if not self.compresses_weights:
+            return w
+        if w.dim() != 2:
+            raise SpecError(f"{self.canonical}: compress_weight expects a 2-D weight [out, in], "
+                            f"got shape {tuple(w.shape)}")
+        self.validate_shape(w.shape[0], w.shape[1])
+        x = w.float()
+        keep = sparse_grad = None
+        if self.sparsity_format is not None:
+            keep, sparse_grad = self.sparsity_format.mask(x, shard)
+        out = fake_quantize(self.weight, x, shard.weight_group(1), shard.weight_tensor_group(),
+                            keep, sparse_grad)
+        return out.to(w.dtype)
+
+    def quantize_activation(self, x: torch.Tensor, shard: ShardContext = LOCAL) -> torch.Tensor:
+        """Quantized activation [..., in_local], per-token statistics over the last dimension."""
+        if self.activation is None:
+            return x
+        if x.dim() < 1 or x.shape[-1] == 0:
+            raise SpecError(f"{self.canonical}: quantize_activation needs a last dimension, "
+                            f"got shape {tuple(x.shape)}")
+        for option, size in self.activation.block_sizes():
+            if x.shape[-1] % size:
+                raise SpecError(
+                    f"{self.canonical}: option '{option}' needs the activation's last dimension "
+                    f"to be a multiple of {size}, but it is {x.shape[-1]}")
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        out = fake_quantize(self.activation, x2, shard.activation_group(), None)
+        return out.reshape(x.shape).to(x.dtype)
+
+
+def _token(head: str, options: list[str]) -> str:
+    return head + (":" + ",".join(options) if options else "")
+
+
+def _combined_token(w: Quantizer, a: Quantizer) -> str | None:
+    """The single `w<b>a<c>` / `fp<b>a<c>` token for w and a, or None if options differ."""
+    if w.kind == "int" and a.kind == "int":
+        # The combined token's grid option applies to every non-ternary part.
+        grids = {q.grid for q in (w, a) if not q.ternary} or {"sym"}
+        if len(grids) > 1 or a.granularity != "row" or (a.scale, a.had, a.estimator) != (
+                w.scale, w.had, w.estimator):
+            return None
+        shared = dataclasses.replace(w, bits=2, grid=grids.pop())
+        return _token(f"w{_format_bits(w.bits)}a{_format_bits(a.bits)}", shared.options())
+    if w.kind == "float" and a.kind == "float":
+        scaling = w.scaling if w.scaling in ("mx", "nv") else "row"
+        if a.scaling != scaling or a.had != w.had:
+            return None
+        if w.element_bits == a.element_bits and w.fmt != a.fmt:
+            return None
+        formats = []
+        for q in (w, a):
+            if q.fmt != floats.FORMATS_BY_BITS[int(q.element_bits)][0] and q.fmt not in formats:
+                formats.append(q.fmt)
+        return _token(f"fp{int(w.element_bits)}a{int(a.element_bits)}",
+                      formats + w.options(with_format=False))
+    return None
