@@ -63,9 +63,7 @@ TORCH_PROXY_MODULES = {
     "megatron.core.dist_checkpointing.strategies.fully_parallel":
         "torch.cuda.synchronize() around fully parallel load",
     "megatron.core.dist_checkpointing.strategies.filesystem_async":
-        "torch.cuda.synchronize() in preload_tensors",
-    "megatron.core.dist_checkpointing.tensor_aware_state_dict":
-        "torch.cuda.synchronize() when copying tensors",
+        "torch.cuda.synchronize() in preload_tensors(non_blocking=True) (async save)",
     "megatron.core.models.common.embeddings.rotary_pos_embedding":
         "inv_freq moved to torch.cuda.current_device() on every forward",
     "megatron.core.transformer.utils":
