@@ -1,0 +1,407 @@
+"""One pretraining run: set up, (resume,) train, evaluate, checkpoint, write the run directory.
+
+``run_pretrain(argv)`` is what ``launch/pretrain.py`` calls on every rank; it returns the process
+exit code (0 finished, 1 error, 2 bad arguments/inputs, 3 preempted with a checkpoint saved).
+
+Each iteration: fetch this rank's micro-batches, agree with all ranks (one all-reduce) on whether
+a preemption signal arrived and on the largest token id, then megatron's
+``get_forward_backward_func`` schedule (so pipeline parallelism works), the optimizer step with
+gradient clipping, and the LR scheduler step. The train loss is averaged over micro-batches and
+data-parallel ranks; a NaN/inf loss stops the run (exit 1) before anything is saved.
+"""
+import functools
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from . import checkpointing as ckpt
+from . import data as data_mod
+from . import distributed as dist_utils
+from .config import parse_args
+from .errors import ConfigError, DivergenceError, PretrainError
+from .model_setup import build_training_objects, check_schedule_matches, current_lr
+from .plan import RunPlan, resolve_plan, run_json
+from .rundir import (METRICS_JSONL, RESULT_JSON, RUN_JSON, MetricsLog, atomic_write_json,
+                     progress_line, read_json, read_metrics)
+from .signals import REQUEUE_EXIT_CODE, PreemptionWatcher
+
+# run.json fields that must agree when resuming (anything else may change, e.g. the layout).
+_IDENTITY_FIELDS = ("model", "N", "compression", "seed")
+
+
+def _print0(*parts, file=None):
+    if dist_utils.is_rank0():
+        print(*parts, file=file or sys.stdout, flush=True)
+
+
+def _loss_func(loss_mask: torch.Tensor, output_tensor: torch.Tensor):
+    """Mean next-token loss of one micro-batch (megatron's legacy two-value loss contract:
+    the schedule divides by the number of micro-batches)."""
+    losses = output_tensor.float().reshape(-1)
+    mask = loss_mask.reshape(-1).float()
+    loss = torch.sum(losses * mask) / mask.sum().clamp(min=1.0)
+    # clone: the schedule divides the returned loss in place by the number of micro-batches,
+    # and a plain detach() would share that storage.
+    return loss, {"lm loss": loss.detach().clone()}
+
+
+def _forward_step(data_iterator, model, device):
+    batch = next(data_iterator)
+    tokens = batch["tokens"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    loss_mask = batch["loss_mask"].to(device, non_blocking=True)
+    position_ids = batch["position_ids"].to(device, non_blocking=True)
+    # attention_mask=None: the layers apply their causal mask (attn_mask_type=causal).
+    output = model(tokens, position_ids, None, labels=labels)
+    return output, functools.partial(_loss_func, loss_mask)
+
+
+class Trainer:
+    def __init__(self, plan: RunPlan, watcher: PreemptionWatcher):
+        from megatron.core import parallel_state as ps
+
+        self.plan = plan
+        self.args = plan.args
+        self.watcher = watcher
+        self.device = dist_utils.device()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.is_last_stage = ps.is_pipeline_last_stage(ignore_virtual=True)
+        self.rank0 = dist_utils.is_rank0()
+        self.metrics: Optional[MetricsLog] = None
+        self.step = 0
+        self.consumed_samples = 0
+        self.log_loss_sum = 0.0
+        self.log_loss_count = 0
+        self.last_train_loss: Optional[float] = None
+        self.last_val_loss: Optional[float] = None
+        self.wall_s_before = 0.0
+        self.last_saved_step: Optional[int] = None
+
+    # ------------------------------------------------------------------ run directory
+    def _prepare_run_dir(self):
+        """Rank 0 decides (resume or fresh, or refuse) and tells every rank."""
+        plan, args = self.plan, self.args
+        decision = {"error": None, "resume": None, "finished": False, "restarts": 0}
+        if self.rank0:
+            run_dir = plan.run_dir
+            try:
+                run_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                decision["error"] = f"--run-dir {str(run_dir)!r}: cannot create it ({e})"
+            else:
+                decision.update(self._decide(run_dir))
+        decision = dist_utils.broadcast_object(decision)
+        if decision["error"]:
+            raise ConfigError(decision["error"])
+        return decision
+
+    def _decide(self, run_dir: Path) -> dict:
+        args, plan = self.args, self.plan
+        root = run_dir / ckpt.CHECKPOINTS_DIR
+        latest = ckpt.find_latest(root, warn=lambda m: print(m, file=sys.stderr, flush=True))
+        previous = read_json(run_dir / RUN_JSON)
+        has_rows = bool(read_metrics(run_dir / METRICS_JSONL))
+        if not args.load:
+            if latest is not None or has_rows or (run_dir / RESULT_JSON).exists():
+                return {"error": f"--run-dir {str(run_dir)!r} already holds a run (checkpoints or "
+                                 f"metrics); pass --load to resume it, or choose a new --run-dir"}
+            return {}
+        result = read_json(run_dir / RESULT_JSON)
+        if result is not None and result.get("status") == "finished":
+            return {"finished": True}
+        if previous is not None and latest is not None:
+            current = run_json(plan)
+            diffs = [f"{k}: was {previous.get(k)!r}, now {current[k]!r}"
+                     for k in _IDENTITY_FIELDS if previous.get(k) != current[k]]
+            if diffs:
+                return {"error": f"--load: {str(run_dir)!r} holds a different run ("
+                                 + "; ".join(diffs) + "); use a new --run-dir"}
+        restarts = (previous or {}).get("restarts", -1) + 1 if previous is not None else 0
+        return {"resume": None if latest is None else (latest[0], str(latest[1])),
+                "restarts": restarts}
+
+    # ------------------------------------------------------------------ setup
+    def _check_data(self):
+        d = self.plan.data
+        if d.mock:
+            return
+        error = None
+        if self.rank0:
+            try:
+                data_mod.check_token_range(d.prefixes, self.plan.vocab_size, "--data-path")
+                data_mod.check_token_range(d.valid_prefixes, self.plan.vocab_size,
+                                           "--valid-data-path")
+            except ConfigError as e:
+                error = str(e)
+        error = dist_utils.broadcast_object(error)
+        if error:
+            raise ConfigError(error)
+
+    def _build_data(self):
+        train_n, valid_n = data_mod.samples_needed(self.plan)
+        self.train_ds, self.valid_ds = data_mod.build_datasets(self.plan, train_n, valid_n)
+        workers = self.args.num_workers
+        self.num_workers = (2 if torch.cuda.is_available() else 0) if workers is None else workers
+
+    def _train_iterator(self):
+        plan = self.plan
+        first = self.consumed_samples
+        steps = plan.train_iters - self.step
+        sampler = data_mod.BatchSampler(first, steps, plan.global_batch_size,
+                                        plan.micro_batch_size, plan.dp, self.dp_rank)
+        return iter(data_mod.make_loader(self.train_ds, sampler, self.num_workers,
+                                         pin_memory=torch.cuda.is_available()))
+
+    # ------------------------------------------------------------------ steps
+    def _forward_backward(self, batches: List[dict], forward_only: bool):
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        plan = self.plan
+        return get_forward_backward_func()(
+            forward_step_func=functools.partial(_forward_step, device=self.device),
+            data_iterator=iter(batches), model=[self.objs.model],
+            num_microbatches=len(batches), seq_length=plan.seq_length,
+            micro_batch_size=plan.micro_batch_size, decoder_seq_length=plan.seq_length,
+            forward_only=forward_only)
+
+    def _mean_loss(self, losses_reduced) -> float:
+        """Mean of the micro-batch losses over micro-batches and data-parallel ranks (the loss
+        lives on the last pipeline stage; every rank gets the value)."""
+        local = 0.0
+        if self.is_last_stage and losses_reduced:
+            local = float(torch.stack([x["lm loss"] for x in losses_reduced]).float().mean())
+        total, count = dist_utils.all_reduce_sum([local, 1.0 if self.is_last_stage else 0.0])
+        return total / count
+
+    def _train_step(self, batches):
+        objs = self.objs
+        objs.model.zero_grad_buffer()
+        objs.optimizer.zero_grad()
+        losses = self._forward_backward(batches, forward_only=False)
+        lr = current_lr(objs.optimizer)
+        _, grad_norm, _ = objs.optimizer.step()
+        objs.scheduler.step(increment=1)
+        loss = self._mean_loss(losses)
+        grad = None if grad_norm is None else float(grad_norm)
+        return loss, lr, grad
+
+    def evaluate(self) -> float:
+        plan = self.plan
+        model = self.objs.model
+        model.eval()
+        total = 0.0
+        with torch.no_grad():
+            for k in range(self.args.eval_iters):
+                sampler = data_mod.BatchSampler(k * plan.global_batch_size, 1,
+                                                plan.global_batch_size, plan.micro_batch_size,
+                                                plan.dp, self.dp_rank)
+                batches = list(data_mod.make_loader(self.valid_ds, sampler, 0, pin_memory=False))
+                total += self._mean_loss(self._forward_backward(batches, forward_only=True))
+        model.train()
+        return total / self.args.eval_iters
+
+    # ------------------------------------------------------------------ checkpoints
+    def _training_state(self) -> dict:
+        return {"step": self.step, "consumed_samples": self.consumed_samples,
+                "log_loss_sum": self.log_loss_sum, "log_loss_count": self.log_loss_count,
+                "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
+                "wall_s": self.wall_s_before + (time.time() - self.t_start)}
+
+    def save(self):
+        if self.last_saved_step == self.step:
+            return
+        t0 = time.time()
+        path = ckpt.save_checkpoint(self.plan.run_dir, self.step, self.objs.model,
+                                    self.objs.optimizer, self.objs.scheduler,
+                                    self._training_state(),
+                                    bool(self.args.use_distributed_optimizer),
+                                    keep_last=self.args.keep_last_checkpoints)
+        self.last_saved_step = self.step
+        _print0(f"[pretrain] saved checkpoint {path} ({time.time() - t0:.1f} s)")
+
+    def _resume(self, step: int, path: str):
+        from megatron.core import dist_checkpointing
+
+        common = dist_checkpointing.load_common_state_dict(path)
+        check_schedule_matches(self.objs.scheduler, common["scheduler"])
+        state = ckpt.load_checkpoint(Path(path), self.objs.model, self.objs.optimizer,
+                                     self.objs.scheduler,
+                                     bool(self.args.use_distributed_optimizer))
+        self.step = state["step"]
+        self.consumed_samples = state["consumed_samples"]
+        self.log_loss_sum = state["log_loss_sum"]
+        self.log_loss_count = state["log_loss_count"]
+        self.last_train_loss = state["last_train_loss"]
+        self.last_val_loss = state["last_val_loss"]
+        self.wall_s_before = state["wall_s"]
+        self.last_saved_step = self.step
+        _print0(f"[pretrain] resumed from {path} at step {self.step}/{self.plan.train_iters}")
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> int:
+        plan, args = self.plan, self.args
+        self.t_start = time.time()
+        decision = self._prepare_run_dir()
+        if decision["finished"]:
+            _print0(f"[pretrain] {plan.run_dir} already finished (result.json); nothing to do")
+            return 0
+        self._check_data()
+        if self.rank0:
+            atomic_write_json(plan.run_dir / RUN_JSON, run_json(plan, decision["restarts"]))
+        self.objs = build_training_objects(plan)
+        self._build_data()
+        if decision["resume"] is not None:
+            self._resume(*decision["resume"])
+        if self.rank0:
+            self.metrics = MetricsLog(plan.run_dir, resume_step=self.step,
+                                      tensorboard=bool(args.tensorboard))
+        _print0(f"[pretrain] {plan.name}: N={plan.n_params:,} non-embedding parameters, "
+                f"D={plan.train_tokens:,} tokens ({plan.tokens_per_param:.1f}/param), "
+                f"{plan.train_iters} iterations of {plan.global_batch_size}x{plan.seq_length}, "
+                f"compression {plan.compression}, TP={plan.tp} PP={plan.pp} DP={plan.dp}")
+        try:
+            return self._loop()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def _loop(self) -> int:
+        plan, args = self.plan, self.args
+        it = self._train_iterator()
+        self.objs.model.train()
+        train_time = 0.0          # seconds spent in training steps in this process
+        steps_here = 0
+        interval_time, interval_steps = 0.0, 0
+        while self.step < plan.train_iters:
+            batches = [next(it) for _ in range(plan.num_microbatches)]
+            top_token = max(data_mod.check_batch_tokens(b) for b in batches)
+            preempt, top_token = dist_utils.all_reduce_max(
+                [1.0 if self.watcher.requested else 0.0, top_token])
+            if preempt:
+                self.save()
+                _print0(f"[pretrain] preempted at step {self.step}: checkpoint saved, exiting "
+                        f"with code {REQUEUE_EXIT_CODE} (requeue)")
+                return REQUEUE_EXIT_CODE
+            if top_token >= plan.vocab_size:
+                raise ConfigError(
+                    f"step {self.step + 1}: the data holds token id {int(top_token)}, outside the "
+                    f"vocabulary of {plan.vocab_size}; the dataset was tokenized with a different "
+                    f"tokenizer (pass the matching --tokenizer-model/--vocab-size)")
+
+            t0 = time.time()
+            loss, lr, grad_norm = self._train_step(batches)
+            dt = time.time() - t0
+            self.step += 1
+            self.consumed_samples += plan.global_batch_size
+            train_time += dt
+            steps_here += 1
+            interval_time += dt
+            interval_steps += 1
+            if not math.isfinite(loss) or (grad_norm is not None and not math.isfinite(grad_norm)):
+                raise DivergenceError(
+                    f"step {self.step}: training diverged (loss {loss}, grad norm {grad_norm}); "
+                    f"stopping without saving. The newest checkpoint is left intact; lower --lr, "
+                    f"raise --lr-warmup-fraction or check the data")
+            self.log_loss_sum += loss
+            self.log_loss_count += 1
+
+            done = self.step >= plan.train_iters
+            if self.step % args.log_interval == 0 or done:
+                self._log(lr, grad_norm, interval_time, interval_steps, train_time, steps_here)
+                interval_time, interval_steps = 0.0, 0
+            if self.step % args.eval_interval == 0 or done:
+                self._eval_and_log()
+            exit_now = (args.exit_interval is not None and self.step % args.exit_interval == 0
+                        and not done)
+            if done or exit_now or (args.save_interval and self.step % args.save_interval == 0):
+                self.save()
+            if exit_now:
+                _print0(f"[pretrain] --exit-interval {args.exit_interval}: stopping at step "
+                        f"{self.step} with a checkpoint; exit code {REQUEUE_EXIT_CODE}")
+                return REQUEUE_EXIT_CODE
+        self._write_result()
+        return 0
+
+    def _log(self, lr, grad_norm, interval_time, interval_steps, train_time, steps_here):
+        plan = self.plan
+        loss = self.log_loss_sum / max(self.log_loss_count, 1)
+        self.last_train_loss = loss
+        self.log_loss_sum, self.log_loss_count = 0.0, 0
+        tokens_per_s = (interval_steps * plan.tokens_per_iter / interval_time
+                        if interval_time > 0 else 0.0)
+        eta = (plan.train_iters - self.step) * (train_time / max(steps_here, 1))
+        if self.metrics is not None:
+            self.metrics.log_train(self.step, self.consumed_samples * plan.seq_length, loss, lr,
+                                   grad_norm, tokens_per_s)
+        _print0(progress_line(self.step, plan.train_iters, loss, lr, grad_norm, tokens_per_s, eta))
+
+    def _eval_and_log(self):
+        val_loss = self.evaluate()
+        self.last_val_loss = val_loss
+        if not math.isfinite(val_loss):
+            raise DivergenceError(f"step {self.step}: validation loss is {val_loss}; stopping "
+                                  f"without saving (the newest checkpoint is left intact)")
+        if self.metrics is not None:
+            self.metrics.log_eval(self.step, self.consumed_samples * self.plan.seq_length,
+                                  val_loss)
+        _print0(f"[pretrain] step {self.step}: validation loss {val_loss:.4f}")
+
+    def _write_result(self):
+        plan = self.plan
+        if not self.rank0:
+            return
+        self.metrics.flush()
+        atomic_write_json(plan.run_dir / RESULT_JSON, {
+            "val_loss": self.last_val_loss,
+            "N": plan.n_params,
+            "D": plan.train_tokens,
+            "compression": plan.compression,
+            "status": "finished",
+            "train_loss": self.last_train_loss,
+            "steps": self.step,
+            "wall_s": self.wall_s_before + (time.time() - self.t_start),
+        })
+        _print0(f"[pretrain] finished: validation loss {self.last_val_loss:.4f}; wrote "
+                f"{plan.run_dir / RESULT_JSON}")
+
+
+def run_pretrain(argv=None) -> int:
+    """Run one pretraining job on this rank; returns the exit code (see module docstring)."""
+    watcher = None
+    initialised = False
+    # Import-time notices that only say TE/apex are absent (the local path needs neither).
+    warnings.filterwarnings("ignore", message=".*(Transformer Engine and Apex|Apex) (are|is) not "
+                                              "installed.*")
+    try:
+        args = parse_args(argv)
+        info = dist_utils.rank_info()
+        plan = resolve_plan(args, info.world_size)
+        data_mod.check_prefixes_exist(plan.data.prefixes, "--data-path")
+        data_mod.check_prefixes_exist(plan.data.valid_prefixes, "--valid-data-path")
+        # Install the handlers before the (slow) setup so an early signal is not lost.
+        watcher = PreemptionWatcher(verbose=info.rank == 0)
+        from megatron_csl.compat import apply_cpu_compat
+
+        apply_cpu_compat()
+        dist_utils.init_process_group(info)
+        initialised = True
+        dist_utils.init_model_parallel(plan.tp, plan.pp)
+        dist_utils.set_seeds(args.seed)
+        return Trainer(plan, watcher).run()
+    except PretrainError as e:
+        # Every check is agreed between ranks, so rank 0 speaks for all of them.
+        if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0":
+            print(f"[pretrain] error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    finally:
+        if watcher is not None:
+            watcher.close()
+        if initialised:
+            dist_utils.shutdown()
+
