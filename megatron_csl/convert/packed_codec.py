@@ -3,13 +3,19 @@
 A compressed weight ``w_hat`` ([out, in]) is described by a `Decomposition`:
 
 * which entries are kept: all, an unstructured bitmask (1 bit per weight), or N:M indices (for each
-  group of M consecutive inputs, the positions of its N kept entries, ceil(log2 M) bits each);
+  group of M consecutive inputs, the positions of its N kept entries, ceil(log2 M) bits each; used
+  when smaller than a bitmask, e.g. 2:4);
 * the kept values: either raw floats in the weight's dtype, or integer codes into a table of
-  `levels` times a `scale` per row (or per row and input group):
-  ``w_hat[r, c] = scale[r, c // group_size] * levels[code]`` computed in float32, cast to the dtype.
+  `levels` times a `scale` per row / tensor / (row, input group):
+  ``v = float32(scale[r, c // group] * levels[code])``; with a Hadamard block the matrix of ``v``
+  is rotated back (``block_hadamard``); finally cast to the weight's dtype. Pruned entries are 0.
 
-`encode` turns a decomposition into named byte/float arrays plus a JSON-able manifest entry;
-`decode` inverts it. Codes are packed to ceil(log2(len(levels))) bits (ternary: five per byte).
+Scales are stored as float32 [R, G], or more compactly when that is exact: ``e8m0`` (a biased
+power-of-two exponent per block, as OCP MX) or ``factor_x_row`` (an index into a table of block
+factors, e.g. E4M3 values, times a float32 scale per row, as NVFP4).
+
+`encode` turns a decomposition into named arrays plus a JSON-able manifest entry; `decode`
+inverts it. Codes are packed to ceil(log2(len(levels))) bits (ternary: five per byte).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from megatron_csl.convert.bitpack import pack_bits, pack_trits, unpack_bits, unp
 from megatron_csl.convert.errors import ConversionError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+E8M0_ZERO = 255  # the code of a zero scale (an all-zero block); OCP reserves 255 for NaN
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -43,8 +50,15 @@ class Decomposition:
     nm: Optional[tuple[int, int]] = None      # (N, M) when the mask keeps N of every M along `in`
     values: Optional[torch.Tensor] = None     # kept entries in row-major order (raw floats)
     codes: Optional[torch.Tensor] = None      # kept entries' level indices (int64), row-major
-    levels: Optional[torch.Tensor] = None     # float32 [K]
-    scale: Optional[torch.Tensor] = None      # float32 [out, G], G input groups of in // G
+    levels: Optional[torch.Tensor] = None     # float32 [K], ascending
+    scale: Optional[torch.Tensor] = None      # float32 [R, G]: R = out (per row) or 1 (per tensor),
+    #                                           G input groups of in // G columns each
+    hadamard: int = 0                         # block size of the rotation the codes live in (0: none)
+    # Optional two-level form of `scale`: scale == float32(scale_factor * scale_row) exactly, with
+    # every scale_factor a value of scale_factor_levels (e.g. E4M3 block scales times a row scale).
+    scale_factor: Optional[torch.Tensor] = None
+    scale_row: Optional[torch.Tensor] = None
+    scale_factor_levels: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if (self.values is None) == (self.codes is None):
@@ -64,7 +78,7 @@ def _nm_indices(mask: torch.Tensor, n: int, m: int) -> torch.Tensor:
     if not torch.all(counts == n):
         bad = int((counts != n).sum())
         raise ConversionError(f"mask is not {n}:{m} ({bad} groups keep a different count)")
-    # Stable argsort puts kept positions (True sorts after False, so negate) first, in order.
+    # Stable argsort of "not kept" puts the kept positions first, in ascending order.
     order = torch.argsort((~groups).to(torch.int8), dim=1, stable=True)
     return order[:, :n]
 
@@ -75,27 +89,90 @@ def _nm_mask(indices: torch.Tensor, shape, m: int) -> torch.Tensor:
     return groups.reshape(shape)
 
 
-def _pack_codes(codes: torch.Tensor, num_levels: int) -> tuple[np.ndarray, dict]:
-    codes = codes.to(torch.uint8).numpy() if num_levels <= 256 else None
-    if codes is None:
+def _pack_codes(codes: torch.Tensor, num_levels: int) -> tuple[torch.Tensor, dict]:
+    if num_levels > 256:
         raise ConversionError(f"{num_levels} levels do not fit 8-bit codes")
+    codes = codes.to(torch.uint8).numpy()
     if num_levels == 3:
-        return pack_trits(codes), {"packing": "trits", "bits_per_code": math.log2(3)}
+        return torch.from_numpy(pack_trits(codes)), {"packing": "trits", "bits_per_code": math.log2(3)}
     bits = _index_bits(num_levels)
-    return pack_bits(codes, bits), {"packing": "bits", "bits_per_code": bits}
+    return torch.from_numpy(pack_bits(codes, bits)), {"packing": "bits", "bits_per_code": bits}
 
 
-def _unpack_codes(data: torch.Tensor, entry: dict, count: int) -> torch.Tensor:
-    data = data.numpy()
-    if entry["packing"] == "trits":
-        codes = unpack_trits(data, count)
+def _unpack_codes(data: torch.Tensor, info: dict, count: int) -> torch.Tensor:
+    if info["packing"] == "trits":
+        codes = unpack_trits(data.numpy(), count)
     else:
-        codes = unpack_bits(data, int(entry["bits_per_code"]), count)
+        codes = unpack_bits(data.numpy(), int(info["bits_per_code"]), count)
     return torch.from_numpy(codes.astype(np.int64))
 
 
+# ------------------------------------------------------------------------------------- scales
+def _e8m0_decode(codes: torch.Tensor) -> torch.Tensor:
+    exponents = codes.to(torch.int32) - 127
+    value = torch.ldexp(torch.ones(codes.shape, dtype=torch.float32), exponents)
+    return torch.where(codes == E8M0_ZERO, torch.zeros_like(value), value)
+
+
+def _try_e8m0(scale: torch.Tensor) -> Optional[torch.Tensor]:
+    """uint8 biased exponents when every scale is 0 or a power of two in 2^-127 .. 2^127."""
+    mantissa, exponent = torch.frexp(scale)
+    biased = exponent - 1 + 127
+    ok = (scale == 0) | ((mantissa == 0.5) & (biased >= 0) & (biased < E8M0_ZERO))
+    if not bool(ok.all()):
+        return None
+    codes = torch.where(scale == 0, torch.full_like(biased, E8M0_ZERO), biased).to(torch.uint8)
+    return codes if torch.equal(_e8m0_decode(codes), scale) else None
+
+
+def _factor_x_row_decode(codes, table, row) -> torch.Tensor:
+    return table[codes.to(torch.int64)] * row
+
+
+def _try_factor_x_row(dec: Decomposition, scale: torch.Tensor):
+    if dec.scale_factor is None:
+        return None
+    table = dec.scale_factor_levels.to(torch.float32)
+    factor = dec.scale_factor.to(torch.float32).reshape(scale.shape)
+    row = dec.scale_row.to(torch.float32).reshape(scale.shape[0], 1)
+    codes = torch.searchsorted(table, factor).clamp(max=table.numel() - 1)
+    if len(table) > 256 or not torch.equal(table[codes], factor):
+        return None
+    codes = codes.to(torch.uint8)
+    if not torch.equal(_factor_x_row_decode(codes, table, row), scale):
+        return None
+    return {"scale_codes": codes, "scale_table": table.contiguous(), "scale_row": row.contiguous()}
+
+
+def _encode_scale(dec: Decomposition, scale: torch.Tensor) -> tuple[str, dict]:
+    """The smallest exact storage of `scale`: e8m0, factor_x_row, else float32."""
+    e8m0 = _try_e8m0(scale)
+    candidates = [("float32", {"scale": scale.contiguous()})]
+    if e8m0 is not None:
+        candidates.append(("e8m0", {"scale_e8m0": e8m0}))
+    two_level = _try_factor_x_row(dec, scale)
+    if two_level is not None:
+        candidates.append(("factor_x_row", two_level))
+    return min(candidates, key=lambda c: sum(a.numel() * a.element_size() for a in c[1].values()))
+
+
+def _decode_scale(kind: str, arrays: dict) -> torch.Tensor:
+    if kind == "float32":
+        return arrays["scale"]
+    if kind == "e8m0":
+        return _e8m0_decode(arrays["scale_e8m0"])
+    if kind == "factor_x_row":
+        return _factor_x_row_decode(arrays["scale_codes"], arrays["scale_table"], arrays["scale_row"])
+    raise ConversionError(f"unknown scale encoding {kind!r} in the manifest")
+
+
+# ------------------------------------------------------------------------------------- codec
+def array_bytes(arrays: dict[str, torch.Tensor]) -> int:
+    return sum(a.numel() * a.element_size() for a in arrays.values())
+
+
 def encode(dec: Decomposition) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(manifest entry, {field: tensor}) for `dec`; byte arrays are uint8 tensors."""
+    """(manifest entry, {field: tensor}) for `dec`; packed bits are uint8 tensors."""
     out_features, in_features = dec.shape
     entry: dict = {"shape": [out_features, in_features], "dtype": dtype_name(dec.dtype)}
     arrays: dict[str, torch.Tensor] = {}
@@ -103,7 +180,7 @@ def encode(dec: Decomposition) -> tuple[dict, dict[str, torch.Tensor]]:
     if dec.mask is None:
         entry["sparsity"] = None
     elif dec.nm is not None and dec.nm[0] * _index_bits(dec.nm[1]) <= dec.nm[1]:
-        # N:M indices are smaller than (or as small as) a bitmask: 2:4 -> 2 x 2 bits per 4 weights.
+        # N:M indices are no larger than a bitmask: 2:4 -> 2 x 2 bits per 4 weights.
         n, m = dec.nm
         if in_features % m:
             raise ConversionError(f"N:M group size {m} does not divide the input dimension {in_features}")
@@ -114,33 +191,35 @@ def encode(dec: Decomposition) -> tuple[dict, dict[str, torch.Tensor]]:
     else:
         arrays["mask"] = torch.from_numpy(np.packbits(dec.mask.reshape(-1).numpy(), bitorder="little"))
         kept = int(dec.mask.sum())
-        entry["sparsity"] = {"kind": "bitmask", "kept": kept}
+        entry["sparsity"] = {"kind": "bitmask"}
         if dec.nm is not None:
             entry["sparsity"]["nm"] = list(dec.nm)
     if dec.values is not None:
         if dec.values.numel() != kept:
             raise ConversionError(f"{dec.values.numel()} values for {kept} kept entries")
-        arrays["values"] = dec.values.to(dec.dtype).contiguous()
+        arrays["values"] = dec.values.to(dec.dtype).reshape(-1).contiguous()
         entry["values"] = "raw"
     else:
         if dec.codes.numel() != kept:
             raise ConversionError(f"{dec.codes.numel()} codes for {kept} kept entries")
-        scale = dec.scale.to(torch.float32).reshape(out_features, -1).contiguous()
-        if in_features % scale.shape[1]:
-            raise ConversionError(f"{scale.shape[1]} scale groups do not divide {in_features} inputs")
-        packed, info = _pack_codes(dec.codes, dec.levels.numel())
-        arrays["codes"] = torch.from_numpy(packed)
-        arrays["scale"] = scale
+        scale = dec.scale.to(torch.float32)
+        if scale.dim() != 2 or scale.shape[0] not in (1, out_features) or in_features % scale.shape[1]:
+            raise ConversionError(f"scale of shape {tuple(scale.shape)} does not fit a weight "
+                                  f"[{out_features}, {in_features}]")
+        arrays["codes"], info = _pack_codes(dec.codes, dec.levels.numel())
         arrays["levels"] = dec.levels.to(torch.float32).contiguous()
+        scale_kind, scale_arrays = _encode_scale(dec, scale)
+        arrays.update(scale_arrays)
         entry["values"] = "codes"
-        entry["quant"] = {**info, "num_levels": dec.levels.numel(), "scale_groups": scale.shape[1]}
+        entry["quant"] = {**info, "num_levels": dec.levels.numel(), "scale_shape": list(scale.shape),
+                          "scale_encoding": scale_kind}
+    entry["hadamard"] = dec.hadamard
     entry["kept"] = kept
-    entry["bytes"] = sum(a.numel() * a.element_size() for a in arrays.values())
     return entry, arrays
 
 
 def decode(entry: dict, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The weight `encode` described, bit for bit."""
+    """The weight `encode` described, value for value."""
     out_features, in_features = entry["shape"]
     dtype = DTYPES[entry["dtype"]]
     count = out_features * in_features
@@ -159,18 +238,27 @@ def decode(entry: dict, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
     else:
         raise ConversionError(f"unknown sparsity kind {sparsity['kind']!r} in the manifest")
 
+    hadamard = entry.get("hadamard", 0)
     if entry["values"] == "raw":
         kept_values = arrays["values"]
     else:
-        codes = _unpack_codes(arrays["codes"], entry["quant"], entry["kept"])
-        scale = arrays["scale"]
+        info = entry["quant"]
+        codes = _unpack_codes(arrays["codes"], info, entry["kept"])
+        scale = _decode_scale(info["scale_encoding"], arrays).reshape(info["scale_shape"])
         group = in_features // scale.shape[1]
         # The scale of every weight, then only those of kept entries (row-major, like the codes).
-        full_scale = scale.repeat_interleave(group, dim=1)
+        full_scale = scale.expand(out_features, -1).repeat_interleave(group, dim=1)
         kept_scale = full_scale.reshape(-1) if mask is None else full_scale[mask]
-        kept_values = (kept_scale * arrays["levels"][codes]).to(dtype)
+        kept_values = kept_scale * arrays["levels"][codes]  # float32, one rounding
+        if not hadamard:
+            kept_values = kept_values.to(dtype)
     if mask is None:
-        return kept_values.reshape(out_features, in_features).to(dtype)
-    weight = torch.zeros(out_features, in_features, dtype=dtype)
-    weight[mask] = kept_values.to(dtype)
-    return weight
+        weight = kept_values.reshape(out_features, in_features)
+    else:
+        weight = torch.zeros(out_features, in_features, dtype=kept_values.dtype)
+        weight[mask] = kept_values
+    if hadamard:
+        from megatron_csl.compression.hadamard import block_hadamard
+
+        weight = block_hadamard(weight, hadamard)
+    return weight.to(dtype)
