@@ -83,9 +83,9 @@ def parse_spec(text) -> CompressionSpec:
 
 
 def _parse_component(part: str, ctx: _Ctx):
-    head, _, opts = part.partition(":")
-    options = [o.strip() for o in opts.split(",")] if opts else []
-    if opts and any(not o for o in options):
+    head, colon, opts = part.partition(":")
+    options = [o.strip() for o in opts.split(",")] if colon else []
+    if any(not o for o in options):
         raise ctx.error("empty option (stray ',' or ':')")
     for kind, pattern in _HEADS:
         m = pattern.fullmatch(head)
@@ -235,9 +235,12 @@ def _parse_sparse(percent_text: str, head: str, options: list[str], ctx: _Ctx) -
             if not 0 < n < m:
                 raise ctx.error(f"'{o}': N:M keeps N of every M consecutive weights and needs "
                                 f"0 < N < M, got N={n}, M={m}")
-            if Fraction(100 * (m - n), m) != percent:
-                raise ctx.error(f"'{o}' prunes {_pct(Fraction(100 * (m - n), m))}% but '{head}' "
-                                f"asks for {_pct(percent)}%; valid here: s{_pct(Fraction(100 * (m - n), m))}:{o}")
+            exact = Fraction(100 * (m - n), m)
+            # The percent must agree with N:M up to rounding to 2 decimals (s33.33:nm2/3).
+            if abs(exact - percent) > Fraction(1, 200):
+                raise ctx.error(f"'{o}' prunes {_pct(exact)}% but '{head}' asks for "
+                                f"{_pct(percent)}%; valid here: s{_pct(exact)}:{o}")
+            percent = exact
             pattern = (n, m)
         elif rb:
             _set_once(chosen, "backward", o, ctx)
@@ -255,4 +258,4 @@ def _parse_sparse(percent_text: str, head: str, options: list[str], ctx: _Ctx) -
 
 
 def _pct(f: Fraction) -> str:
-    return str(f.numerator) if f.denominator == 1 else repr(float(f))
+    return f"{round(float(f), 2):g}"

@@ -51,6 +51,13 @@ class Sparsity:
     def fraction(self) -> float:
         return self.percent / 100.0
 
+    @property
+    def percent_text(self) -> str:
+        """The percent as written in the canonical spec (N:M: rounded to 2 decimals)."""
+        if isinstance(self.pattern, tuple):
+            return f"{round(self.percent, 2):g}"
+        return _number(self.percent)
+
     def block_sizes(self) -> list[tuple[str, int]]:
         if isinstance(self.pattern, tuple):
             n, m = self.pattern

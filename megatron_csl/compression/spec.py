@@ -18,7 +18,7 @@ from .errors import SpecError
 from .fake_quant import fake_quantize
 from .quantizers import FloatQuant, IntQuant, _format_bits
 from .shard import LOCAL, ShardContext
-from .sparsity import Sparsity, _number
+from .sparsity import Sparsity
 
 Quantizer = Union[IntQuant, FloatQuant]
 
@@ -36,7 +36,7 @@ class CompressionSpec:
         parts = []
         if self.sparsity_format is not None:
             sp = self.sparsity_format
-            parts.append(_token(f"s{_number(sp.percent)}", sp.options()))
+            parts.append(_token(f"s{sp.percent_text}", sp.options()))
         w, a = self.weight, self.activation
         combined = _combined_token(w, a) if w is not None and a is not None else None
         if combined:
