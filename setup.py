@@ -19,6 +19,8 @@ setup(
         "tqdm",
         "tensorboard",
         "safetensors",
+        "tabulate",
+        "jinja2",
     ],
     extras_require={
         "test": ["pytest", "hypothesis", "pytest-timeout", "transformers"],

@@ -1,0 +1,149 @@
+"""`launch/sweep.py plan|submit|status SWEEP.yaml`: the command line over this package."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from tabulate import tabulate
+
+from . import slurm, status as status_mod
+from .config import load_sweep
+from .errors import SweepError
+from .local import LocalExecutor, local_command
+from .matrix import expand_runs
+from .plan import format_plan, plan_rows
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("sweep", type=Path, help="sweep file (launch/sweeps/*.yaml)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="folder of the run directories (default: output_dir of the sweep file)")
+    parser.add_argument("--profile", default=None,
+                        help="cluster profile name (slurm/profiles/NAME.yaml) or YAML path; "
+                             "overrides the sweep file's 'cluster'")
+    parser.add_argument("--only", action="append", default=None, metavar="GLOB",
+                        help="only runs whose name matches this glob (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch/sweep.py", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="table of runs: N, D, FLOPs, resources, estimated GPU-hours")
+    _common(p)
+    p.add_argument("--format", choices=("table", "csv", "json"), default="table")
+
+    p = sub.add_parser("submit", help="launch the runs that are not finished or running")
+    _common(p)
+    p.add_argument("--executor", choices=("slurm", "local"), required=True)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be submitted (Slurm: also write the scripts) and change nothing")
+    p.add_argument("--parallel", type=int, default=1, metavar="K",
+                   help="local executor: runs at once (default 1)")
+    p.add_argument("--python", default=sys.executable,
+                   help="local executor: the interpreter for launch/pretrain.py (default: this one)")
+    p.add_argument("--max-requeues", type=int, default=5,
+                   help="local executor: restarts of a run that exits 3 (checkpoint saved) (default 5)")
+    p.add_argument("--no-progress", action="store_true", help="local executor: no progress bar")
+
+    p = sub.add_parser("status", help="per run: pending/running/finished/failed, last loss, progress")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _select(runs, patterns):
+    if not patterns:
+        return runs
+    chosen = [r for r in runs if any(fnmatch.fnmatch(r.name, p) for p in patterns)]
+    if not chosen:
+        raise SweepError(f"--only {' '.join(patterns)} matches none of the {len(runs)} runs "
+                         f"(e.g. {runs[0].name if runs else '-'})")
+    return chosen
+
+
+def _statuses(sweep, runs):
+    entries = [(r.name, sweep.output_dir / r.name, r.train_iters) for r in runs]
+    return status_mod.collect_status(entries, slurm.read_queue, slurm.inspect_job)
+
+
+def cmd_plan(sweep, runs, args) -> int:
+    print(format_plan(sweep, plan_rows(sweep, runs), args.format))
+    return 0
+
+
+def cmd_status(sweep, runs, args) -> int:
+    statuses = _statuses(sweep, runs)
+    rows = status_mod.status_rows(statuses)
+    counts = status_mod.summarize(statuses)
+    if args.json:
+        print(json.dumps({"sweep": sweep.name, "output_dir": str(sweep.output_dir),
+                          "counts": counts, "runs": rows}, indent=2))
+    else:
+        print(f"sweep {sweep.name}: {len(rows)} runs in {sweep.output_dir}")
+        print(tabulate(rows, headers="keys", disable_numparse=True))
+        print(", ".join(f"{n} {state}" for state, n in counts.items()))
+    return 0
+
+
+def cmd_submit(sweep, runs, args) -> int:
+    statuses = {s.name: s for s in _statuses(sweep, runs)}
+    todo = [r for r in runs if statuses[r.name].state in status_mod.RESUBMIT_STATES]
+    for r in runs:
+        s = statuses[r.name]
+        if s.state not in status_mod.RESUBMIT_STATES:
+            print(f"skip {r.name}: {s.state}" + (f" ({s.job})" if s.job else ""))
+        elif s.state != status_mod.UNSUBMITTED:
+            ckpt = f", resumes from step {s.checkpoint_step}" if s.checkpoint_step else ""
+            print(f"resubmit {r.name}: {s.state}{ckpt}" + (f" ({s.detail})" if s.detail else ""))
+    if not todo:
+        print(f"nothing to submit: {', '.join(f'{n} {k}' for k, n in status_mod.summarize(list(statuses.values())).items())}")
+        return 0
+
+    if args.executor == "slurm":
+        scripts = slurm.build_scripts(sweep, todo)
+        folder = sweep.output_dir / slurm.SWEEP_META_DIR / ("dry-run" if args.dry_run else "scripts")
+        for script in scripts:
+            slurm.write_script(script, folder)
+            what = f"array of {len(script.runs)}" if script.is_array else "job"
+            if args.dry_run:
+                print(f"would submit ({what}): {slurm.sbatch_command(script.path)}")
+                for run in script.runs:
+                    print(f"    {run.name}")
+            else:
+                ids = slurm.submit_script(script, sweep)
+                print(f"submitted {script.job_name} ({what}) as job {ids[0].split('_')[0]}: {script.path}")
+                for run, job in zip(script.runs, ids):
+                    print(f"    {job}  {run.name}")
+        return 0
+
+    if args.dry_run:
+        for run in todo:
+            print(f"would run {run.name}: {' '.join(local_command(run, sweep, args.python))}")
+        return 0
+    executor = LocalExecutor(sweep, todo, parallel=args.parallel, python=args.python,
+                             max_requeues=args.max_requeues, progress=not args.no_progress)
+    results = executor.run()
+    finished = sum(1 for rc in results.values() if rc == 0)
+    print(f"sweep {sweep.name}: {finished}/{len(todo)} runs finished this time")
+    return 0 if finished == len(todo) else 1
+
+
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    # Importing megatron-core (for the model ladder) warns about TE/Apex; irrelevant to a sweep.
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    try:
+        sweep = load_sweep(args.sweep, output_dir=args.output_dir, cluster=args.profile)
+        runs = _select(expand_runs(sweep), args.only)
+        return COMMANDS[args.command](sweep, runs, args)
+    except SweepError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
