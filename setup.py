@@ -13,6 +13,7 @@ setup(
         "numpy",
         "scipy",
         "sentencepiece",
+        "orjson",  # fast JSON Lines decoding in tools/preprocess_c4.py (falls back to json)
         "psutil",
         "pyyaml",
         "matplotlib",
