@@ -46,13 +46,17 @@ class _Ctx:
         return SpecError(f"invalid compression spec {where}'{self.text}': {message}")
 
 
-@lru_cache(maxsize=1024)
 def parse_spec(text) -> CompressionSpec:
     """Parse a spec string ("w4", "s50:nm2/4+w4a8", "fp4:nv", ...) into a CompressionSpec."""
     if isinstance(text, CompressionSpec):
         return text
     if not isinstance(text, str):
         raise SpecError(f"a compression spec must be a string, got {type(text).__name__}: {text!r}")
+    return _parse_text(text)
+
+
+@lru_cache(maxsize=1024)  # specs are immutable; layers parse the same string many times
+def _parse_text(text: str) -> CompressionSpec:
     spec_text = text.strip().lower()
     ctx = _Ctx(text)
     if not spec_text:

@@ -37,7 +37,7 @@ SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 Granularity = Union[str, int]  # "row", "tensor" or a group size
 
 
-def _format_bits(bits: float) -> str:
+def format_bits(bits: float) -> str:
     return "1.58" if bits == TERNARY else str(int(bits))
 
 

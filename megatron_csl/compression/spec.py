@@ -16,7 +16,7 @@ import torch
 from . import floats
 from .errors import SpecError
 from .fake_quant import fake_quantize
-from .quantizers import FloatQuant, IntQuant, _format_bits
+from .quantizers import FloatQuant, IntQuant, format_bits
 from .shard import LOCAL, ShardContext
 from .sparsity import Sparsity
 
@@ -43,10 +43,10 @@ class CompressionSpec:
             parts.append(combined)
         else:
             if w is not None:
-                head = f"w{_format_bits(w.bits)}" if w.kind == "int" else f"fp{int(w.element_bits)}"
+                head = f"w{format_bits(w.bits)}" if w.kind == "int" else f"fp{int(w.element_bits)}"
                 parts.append(_token(head, w.options()))
             if a is not None:
-                head = f"a{_format_bits(a.bits)}" if a.kind == "int" else f"afp{int(a.element_bits)}"
+                head = f"a{format_bits(a.bits)}" if a.kind == "int" else f"afp{int(a.element_bits)}"
                 parts.append(_token(head, a.options(with_granularity=False)))
         return "+".join(parts) or "dense"
 
@@ -155,7 +155,7 @@ def _combined_token(w: Quantizer, a: Quantizer) -> str | None:
                 w.scale, w.had, w.estimator):
             return None
         shared = dataclasses.replace(w, bits=2, grid=grids.pop())
-        return _token(f"w{_format_bits(w.bits)}a{_format_bits(a.bits)}", shared.options())
+        return _token(f"w{format_bits(w.bits)}a{format_bits(a.bits)}", shared.options())
     if w.kind == "float" and a.kind == "float":
         scaling = w.scaling if w.scaling in ("mx", "nv") else "row"
         if a.scaling != scaling or a.had != w.had:

@@ -103,8 +103,9 @@ def test_invalid_specs_name_the_bad_part(text, fragments):
 
 
 def test_non_string_is_rejected():
-    with pytest.raises(SpecError, match="must be a string"):
-        parse_spec(4)
+    for bad in (4, None, ["w4"]):
+        with pytest.raises(SpecError, match="must be a string"):
+            parse_spec(bad)
 
 
 def test_validate_shape_names_the_block():
