@@ -35,6 +35,10 @@ def _check_shape(spec, layer: str, out_features: int, in_local: int, tp: int) ->
         ) from err
 
 
+def _with_compression(text: str, spec) -> str:
+    return f"{text[:-1]}, compression={spec.canonical})" if text.endswith(")") else text
+
+
 class CompressedColumnParallelLinear(ColumnParallelLinear):
     """ColumnParallelLinear whose matmul runs on `compression`'s weight and input.
 
@@ -62,8 +66,8 @@ class CompressedColumnParallelLinear(ColumnParallelLinear):
             weight = spec.compress_weight(weight, self.shard)
         return super()._forward_impl(input, weight, *args, **kwargs)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}compression={self.compression.canonical}"
+    def __repr__(self) -> str:  # megatron's repr ignores extra_repr
+        return _with_compression(super().__repr__(), self.compression)
 
 
 class CompressedRowParallelLinear(RowParallelLinear):
@@ -95,5 +99,5 @@ class CompressedRowParallelLinear(RowParallelLinear):
             weight = spec.compress_weight(weight, self.shard)
         return super()._forward_impl(input, weight, *args, **kwargs)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}compression={self.compression.canonical}"
+    def __repr__(self) -> str:  # megatron's repr ignores extra_repr
+        return _with_compression(super().__repr__(), self.compression)
