@@ -101,13 +101,10 @@ class IntQuant:
     def step(self, x_v: torch.Tensor, grouped: Grouped, mask_v) -> torch.Tensor:
         """The grid step of every group (float32, broadcastable against x_v)."""
         if self.scale == "absmax":
-            absmax = grouped.moments(x_v, mask_v, "absmax")
-            if self.ternary:
-                size = absmax
-            elif self.grid == "zero":
-                size = absmax / 2 ** (int(self.bits) - 1)
-            else:
-                size = absmax
+            # sym: half-range = absmax; zero: 2^(b-1) steps reach -absmax; ternary: s = absmax.
+            size = grouped.moments(x_v, mask_v, "absmax")
+            if self.grid == "zero" and not self.ternary:
+                size = size / 2 ** (int(self.bits) - 1)
         else:
             stat = grouped.moments(x_v, mask_v, self.scale)
             rms = stat if self.scale == "rms" else stat * SQRT_HALF_PI
