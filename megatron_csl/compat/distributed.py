@@ -21,11 +21,12 @@ def initialize_cpu_parallel(
     world_size: int = 1,
     init_method: Optional[str] = None,
     seed: Optional[int] = None,
-) -> None:
+) -> bool:
     """gloo process group + megatron parallel_state (TP x PP) + CPU compat + seeds.
 
     Reuses an already initialised process group of the same world size (e.g. inside pytest).
-    `init_method` None: a fresh file:// rendezvous (world size 1 only).
+    `init_method` None: a fresh file:// rendezvous (world size 1 only). Returns True when it
+    created the process group (so the caller knows to `shutdown_cpu_parallel(True)`).
     """
     import torch.distributed as dist
 
@@ -35,7 +36,8 @@ def initialize_cpu_parallel(
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    if not dist.is_initialized():
+    created = not dist.is_initialized()
+    if created:
         if init_method is None:
             if world_size != 1:
                 raise ValueError(f"init_method is needed for world_size {world_size} > 1")
@@ -57,6 +59,18 @@ def initialize_cpu_parallel(
     if seed is not None:
         torch.manual_seed(seed)
         model_parallel_cuda_manual_seed(seed)
+    return created
+
+
+def shutdown_cpu_parallel(destroy_process_group: bool = True) -> None:
+    """Undo `initialize_cpu_parallel`: megatron's parallel state, then the process group."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if destroy_process_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _rank_main(rank, world_size, init_method, fn, args, result_dir, num_threads):

@@ -5,11 +5,12 @@ import torch
 @pytest.fixture(scope="module")
 def megatron_cpu():
     """A 1-rank gloo group with megatron parallel_state (TP=1, PP=1) and the CPU compat."""
-    from megatron_csl.compat import initialize_cpu_parallel
+    from megatron_csl.compat import initialize_cpu_parallel, shutdown_cpu_parallel
 
     torch.set_num_threads(1)
-    initialize_cpu_parallel(1, 1, seed=1234)
+    created = initialize_cpu_parallel(1, 1, seed=1234)
     yield
+    shutdown_cpu_parallel(destroy_process_group=created)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def _patch(name):
 def test_every_patch_applies_and_is_idempotent(megatron_cpu):
     names = apply_cpu_compat()
     assert names == [p.name for p in PATCHES] and cpu_compat_applied()
-    assert len(names) == len(TORCH_PROXY_MODULES) + 8
+    assert len(names) == len(TORCH_PROXY_MODULES) + 8   # rng, 4 tensor.cuda, 2 type, init_data
     from megatron.core.tensor_parallel import data
 
     wrapped = data.broadcast_data
@@ -204,3 +204,16 @@ def test_two_rank_paths(tmp_path):
     for r in (0, 1):
         assert torch.equal(results[r]["broadcast"], torch.zeros(2, 3, dtype=torch.int64))
         assert results[r]["load_broadcast"] and results[r]["load_gather_rounds"]
+
+
+def test_run_ranks_reports_a_failing_rank_without_waiting_for_its_peers():
+    import time
+
+    from megatron_csl.compat import run_ranks
+
+    from .two_rank_worker import fail_on_rank_one
+
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match=r"rank 1:(.|\n)*ValueError: rank one failed on purpose"):
+        run_ranks(fail_on_rank_one, 2, timeout_s=50)
+    assert time.monotonic() - start < 40       # rank 0 (sleeping 60 s) was killed, not awaited

@@ -57,3 +57,13 @@ def compat_paths(rank, world_size, init_method, ckpt_dir):
         out[f"load_{algo}"] = all(torch.equal(loaded[k], v) for k, v in tensors.items())
     dist.barrier()
     return out
+
+
+def fail_on_rank_one(rank, world_size, init_method):
+    """Rank 1 raises at once; rank 0 would sit for a minute (like a peer blocked in a collective)."""
+    import time
+
+    if rank == 1:
+        raise ValueError("rank one failed on purpose")
+    time.sleep(60)
+    return "rank 0 finished"
