@@ -56,7 +56,9 @@ def target_args(run: RunInfo, tp: int, pp: int, run_dir: Path) -> argparse.Names
         fits = [d for d in _divisors(run.padded_vocab_size // tp) if run.padded_vocab_size % tp == 0
                 and padded_vocab_size(run.vocab_size, tp, d) == run.padded_vocab_size]
         if not fits:
-            valid = [k for k in _divisors(run.padded_vocab_size) if k <= run.num_attention_heads]
+            shape = run.model_shape()
+            valid = [k for k in _divisors(shape.kv_heads) if run.padded_vocab_size % k == 0
+                     and shape.ffn_hidden_size % k == 0]
             raise ConversionError(
                 f"target TP={tp}: the padded vocabulary of {run.padded_vocab_size} rows (vocab "
                 f"{run.vocab_size}) does not split over {tp} ranks, and a different padding would change "

@@ -31,6 +31,7 @@ from megatron_csl.convert.errors import ConversionError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 E8M0_ZERO = 255  # the code of a zero scale (an all-zero block); OCP reserves 255 for NaN
+SHARED_FIELDS = ("levels", "scale_table")  # fixed by the format: a file stores each table once
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -153,7 +154,9 @@ def _encode_scale(dec: Decomposition, scale: torch.Tensor) -> tuple[str, dict]:
     two_level = _try_factor_x_row(dec, scale)
     if two_level is not None:
         candidates.append(("factor_x_row", two_level))
-    return min(candidates, key=lambda c: sum(a.numel() * a.element_size() for a in c[1].values()))
+    # Tables of levels are written once per file (packed_export shares them): not counted.
+    return min(candidates, key=lambda c: sum(a.numel() * a.element_size() for k, a in c[1].items()
+                                             if k not in SHARED_FIELDS))
 
 
 def _decode_scale(kind: str, arrays: dict) -> torch.Tensor:

@@ -24,14 +24,13 @@ from tqdm import tqdm
 
 from megatron_csl.convert.errors import ConversionError
 from megatron_csl.convert.hf_llama import compressed_linear_names
-from megatron_csl.convert.packed_codec import array_bytes, decode, dtype_name, encode
+from megatron_csl.convert.packed_codec import SHARED_FIELDS, array_bytes, decode, dtype_name, encode
 from megatron_csl.convert.weight_codes import decompose
 
 FORMAT = "megatron-csl-packed"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TENSORS_FILE = "packed.safetensors"
-SHARED_FIELDS = ("levels", "scale_table")  # identical across tensors of one format: stored once
 RECONSTRUCTION = (
     "kept entries: value = float32(scale[r, c // (in / scale_shape[1])] * levels[code]) "
     "(scale rows broadcast when scale_shape[0] == 1); codes little-endian bit-packed at "

@@ -84,6 +84,12 @@ def read_run_info(run_dir: Path) -> RunInfo:
                               "run.json), its checkpoints/ folder or one checkpoints/iter_XXXXXXX") from None
     except json.JSONDecodeError as err:
         raise ConversionError(f"{path} is not valid JSON ({err})") from None
+    return run_info_from_dict(doc, Path(run_dir))
+
+
+def run_info_from_dict(doc: dict, run_dir: Path) -> RunInfo:
+    """RunInfo from a parsed run.json document (ConversionError naming a missing key)."""
+    path = Path(run_dir) / RUN_JSON
     if not isinstance(doc, dict):
         raise ConversionError(f"{path} is not a JSON object")
     model = _require(doc, "model", dict, path)

@@ -1,0 +1,95 @@
+"""Packing a compressed weight restores spec.compress_weight(w) exactly, at the expected size."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from megatron_csl.compression import parse_spec
+from megatron_csl.convert import weight_codes
+from megatron_csl.convert.errors import ConversionError
+from megatron_csl.convert.packed_codec import array_bytes, decode, encode
+from megatron_csl.convert.weight_codes import decompose
+
+REQUIRED = ([f"w{b}" for b in range(1, 9)] + [f"w{b}:zero" for b in range(2, 9)]
+            + ["w1.58", "s50", "s50:nm2/4", "s50+w4", "fp8", "fp4"])
+EXTRA = ["w4:g32", "w4:tensor", "w3:absmax", "fp4:mx", "fp4:nv", "fp8:e5m2", "w4:had", "fp6",
+         "s50:tensor+w2", "s75:nm32/128", "s50:nm2/4+w1.58", "s50+fp4"]
+ROWS, COLS = 24, 128
+
+
+def _weight(dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(ROWS, COLS, generator=g) * 0.02
+    w[5] = 0.0  # an all-zero row: zero scale
+    return w.to(dtype)
+
+
+def _round_trip(spec_text, w):
+    spec = parse_spec(spec_text)
+    dec, w_hat = decompose(spec, w)
+    entry, arrays = encode(dec)
+    restored = decode(entry, arrays)
+    assert restored.dtype == w.dtype
+    assert torch.equal(restored, spec.compress_weight(w))
+    return spec, entry, arrays
+
+
+@pytest.mark.parametrize("spec_text", REQUIRED + EXTRA)
+def test_exact_round_trip_fp32(spec_text):
+    _round_trip(spec_text, _weight(torch.float32))
+
+
+def _expected_bits(spec, dtype) -> float:
+    """Bits per weight the packed form should take (codes + mask/indices + per-row fp32 scales)."""
+    keep = 1.0 - spec.sparsity
+    mask_bits = 0.0
+    if spec.sparsity_format is not None:
+        pattern = spec.sparsity_format.pattern
+        if isinstance(pattern, tuple) and pattern[0] * math.ceil(math.log2(pattern[1])) <= pattern[1]:
+            mask_bits = pattern[0] * math.ceil(math.log2(pattern[1])) / pattern[1]
+        else:
+            mask_bits = 1.0
+    if spec.weight is None:
+        return mask_bits + keep * torch.finfo(dtype).bits
+    w = spec.weight
+    code_bits = 8 / 5 if getattr(w, "ternary", False) else math.ceil(w.element_bits)
+    return mask_bits + keep * code_bits + 32 / COLS  # one float32 scale per row
+
+
+@pytest.mark.parametrize("spec_text", REQUIRED)
+def test_bf16_round_trip_and_packed_size_is_the_bit_width(spec_text):
+    spec, entry, arrays = _round_trip(spec_text, _weight(torch.bfloat16))
+    shared = sum(arrays[k].numel() * arrays[k].element_size() for k in ("levels",) if k in arrays)
+    bits = 8 * (array_bytes(arrays) - shared) / (ROWS * COLS)
+    assert bits == pytest.approx(_expected_bits(spec, torch.bfloat16), abs=0.02)
+    if spec.weight is not None:
+        assert entry["quant"]["bits_per_code"] == (math.log2(3) if spec_text == "w1.58"
+                                                   else math.ceil(spec.weight.element_bits))
+
+
+def test_nm_2_4_stores_indices_and_mx_nv_store_compact_scales():
+    _, entry, _ = _round_trip("s50:nm2/4", _weight(torch.float32))
+    assert entry["sparsity"] == {"kind": "nm", "n": 2, "m": 4, "index_bits": 2}
+    _, entry, _ = _round_trip("s75:nm32/128", _weight(torch.float32))
+    assert entry["sparsity"]["kind"] == "bitmask"  # 32 x 7 bits > 128 bits
+    _, entry, arrays = _round_trip("fp4:mx", _weight(torch.float32))
+    assert entry["quant"]["scale_encoding"] == "e8m0" and arrays["scale_e8m0"].dtype == torch.uint8
+    _, entry, _ = _round_trip("fp4:nv", _weight(torch.float32))
+    assert entry["quant"]["scale_encoding"] == "factor_x_row"
+
+
+@settings(max_examples=10, deadline=None)
+@given(spec_text=st.sampled_from(REQUIRED), rows=st.integers(1, 6), groups=st.integers(1, 3),
+       scale=st.floats(1e-4, 10.0), seed=st.integers(0, 10_000))
+def test_round_trip_any_shape_and_scale(spec_text, rows, groups, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, 32 * groups, generator=g) * scale
+    _round_trip(spec_text, w)
+
+
+def test_a_wrong_scale_is_caught(monkeypatch):
+    real = weight_codes._int_scale
+    monkeypatch.setattr(weight_codes, "_int_scale", lambda q, x, keep: real(q, x, keep) * 1.001)
+    with pytest.raises(ConversionError, match="does not restore the compressed weight"):
+        decompose(parse_spec("w4"), _weight(torch.float32))
