@@ -18,6 +18,7 @@ setup(
         "pyyaml",
         "matplotlib",
         "tqdm",
+        "threadpoolctl",
         "tensorboard",
         "safetensors",
         "tabulate",

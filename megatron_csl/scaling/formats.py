@@ -1,0 +1,54 @@
+"""What the fitter needs to know about a format, from ``megatron_csl.compression``.
+
+Bits for the table and size gain, the Gaussian MSE parts for the capacity law, and the compute
+cost factor for Pareto plots (REFERENCE.md): linear counting makes a b-bit matmul cost b/16 of
+bf16, quadratic (b_w * b_a) / 256; sparsity s multiplies either by (1 - s). For linear counting b is
+the wider operand, max(b_w, b_a): a matmul with one 16-bit operand runs at 16-bit speed, so
+weight-only quantization buys no compute.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+COST_MODES = ("linear", "quadratic")
+
+
+@dataclass(frozen=True)
+class FormatInfo:
+    canonical: str
+    w_bits: float
+    a_bits: float
+    sparsity: float
+    effective_w_bits: float
+
+    @property
+    def size_factor(self) -> float:
+        """Storage gain over bf16 per parameter: 16 / effective weight bits."""
+        return 16.0 / self.effective_w_bits
+
+    def cost_factor(self, mode: str) -> float:
+        if mode == "linear":
+            factor = max(self.w_bits, self.a_bits) / 16.0
+        elif mode == "quadratic":
+            factor = self.w_bits * self.a_bits / 256.0
+        else:
+            raise ValueError(f"unknown cost mode {mode!r}; valid: {', '.join(COST_MODES)}")
+        return factor * (1.0 - self.sparsity)
+
+
+@lru_cache(maxsize=None)
+def format_info(spec: str) -> FormatInfo:
+    from megatron_csl.compression import parse_spec
+
+    s = parse_spec(spec)
+    return FormatInfo(s.canonical, float(s.w_bits), float(s.a_bits), float(s.sparsity),
+                      float(s.effective_w_bits))
+
+
+@lru_cache(maxsize=None)
+def gmse_parts(spec: str):
+    """(weight GMSE or None, activation GMSE or None), as the capacity law needs them."""
+    from megatron_csl.compression import gaussian_mse_parts
+
+    return gaussian_mse_parts(spec)
