@@ -76,7 +76,7 @@ def _run(compression, master, tp, pp, dtype):
         out = module(tokens, position_ids, None, labels=labels)
 
         def loss_func(per_token):
-            loss = per_token.float().mean()
+            loss = per_token.mean()
             return loss, {"lm loss": loss.detach()}
 
         return out, loss_func
