@@ -69,8 +69,13 @@ class LocalExecutor:
                 _signal_group(active.proc, signal.SIGKILL)
             return
         self._stop_signal = signum
+        # Only the run's main process (pretrain, or torchrun, which passes SIGTERM to its
+        # workers): helper processes it started (e.g. a checkpoint writer) must not die mid-save.
         for active in list(self._active.values()):
-            _signal_group(active.proc, signal.SIGTERM)
+            try:
+                active.proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def _start(self, run: RunSpec, requeues: int = 0) -> _Active:
         import psutil
@@ -145,7 +150,8 @@ class LocalExecutor:
                     else:
                         bar.write(f"[sweep] {name}: exited {rc}; log: {run_dir / 'local.log'}")
                 bar.set_postfix_str(self._postfix(), refresh=False)
-                bar.refresh() if interactive else None
+                if interactive:
+                    bar.refresh()
             for run in pending:
                 results.setdefault(run.name, None)
         finally:

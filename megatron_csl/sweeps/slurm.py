@@ -147,6 +147,8 @@ def sbatch(script_path: Path) -> str:
 
 def submit_script(script: JobScript, sweep: SweepConfig) -> list[str]:
     """sbatch the written script and record each run's job id in its run directory."""
+    # Slurm does not create the folder of --output; a job whose log cannot be opened dies at once.
+    (sweep.output_dir / SWEEP_META_DIR / "logs").mkdir(parents=True, exist_ok=True)
     job_id = sbatch(script.path)
     ids = []
     for index, run in enumerate(script.runs):

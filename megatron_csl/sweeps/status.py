@@ -72,6 +72,14 @@ def _local_process_alive(record: dict) -> bool:
         return False
 
 
+def _job_label(submission: Optional[dict]) -> Optional[str]:
+    if submission is None:
+        return None
+    if submission.get("executor") == "local":
+        return f"pid {submission.get('pid')}@{submission.get('host')}"
+    return str(submission.get("job_id"))
+
+
 def run_status(run_dir: Path, name: str, queue: Optional[dict], inspect: Optional[JobInspector],
                expected_iters: Optional[int] = None) -> RunStatus:
     """The state of one run; `queue` maps job ids in the Slurm queue to their state (None: squeue
@@ -88,8 +96,10 @@ def run_status(run_dir: Path, name: str, queue: Optional[dict], inspect: Optiona
     starts = [a for a in rundir.read_jsonl(run_dir / rundir.ATTEMPTS_JSONL) if a.get("event") == "start"]
     status.restarts = max(0, len(starts) - 1)
 
+    submission = rundir.last_submission(run_dir)
     result = rundir.read_json(run_dir / rundir.RESULT_JSON)
     if result and result.get("status") == "finished":
+        status.job = _job_label(submission)
         status.state = FINISHED
         status.val_loss = result.get("val_loss")
         if result.get("train_loss") is not None:
@@ -98,7 +108,6 @@ def run_status(run_dir: Path, name: str, queue: Optional[dict], inspect: Optiona
             status.step = result["steps"]
         return status
 
-    submission = rundir.last_submission(run_dir)
     if submission is None:
         status.state = UNSUBMITTED if not starts else FAILED
         if starts:
@@ -106,14 +115,13 @@ def run_status(run_dir: Path, name: str, queue: Optional[dict], inspect: Optiona
         return status
 
     end = rundir.last_attempt_end(run_dir)
+    status.job = _job_label(submission)
     if submission.get("executor") == "local":
-        status.job = f"pid {submission.get('pid')}@{submission.get('host')}"
         if _local_process_alive(submission):
             status.state = RUNNING
             return status
     else:
         job_id = str(submission.get("job_id"))
-        status.job = job_id
         if queue is None:
             status.state, status.detail = UNKNOWN, "squeue is not available to ask about the job"
             return status
@@ -134,9 +142,11 @@ def run_status(run_dir: Path, name: str, queue: Optional[dict], inspect: Optiona
 
     # The job or process is gone and left no result.
     rc = end.get("rc") if end else None
-    if rc == 3:
+    stopped = bool(end and end.get("signal"))
+    if rc == 3 or (stopped and status.checkpoint_step is not None):
         status.state = INTERRUPTED
-        status.detail = status.detail or "exited 3: checkpoint saved, resumes on the next submit"
+        how = "exited 3" if rc == 3 else f"stopped by SIG{end.get('signal')} (exit {rc})"
+        status.detail = status.detail or f"{how}: checkpoint saved, resumes on the next submit"
     else:
         status.state = FAILED
         what = f"last attempt exited {rc}" if rc is not None else "ended without recording an exit code"
