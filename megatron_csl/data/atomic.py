@@ -13,11 +13,25 @@ import tempfile
 from typing import Any
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def temporary_path_for(path: str) -> str:
-    """A fresh, unused temporary name next to ``path`` (the file is created empty)."""
+    """A fresh, unused temporary name next to ``path`` (the file is created empty).
+
+    mkstemp creates files readable by the owner only; they get the permissions a plain ``open``
+    would give (0666 minus the umask), so that renamed results are readable as usual.
+    """
     directory, name = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)
     return tmp
 
 

@@ -135,6 +135,7 @@ def iter_line_batches(
     """
     with open_shard(path) as f:
         index = 0
+        lines: List[bytes] = []
         try:
             if start:
                 # islice skips lines in C without building them into a batch
@@ -145,7 +146,7 @@ def iter_line_batches(
             origin = _compressed_position(f) if start else 0
             while stop is None or index < stop:
                 limit = batch_lines if stop is None else min(batch_lines, stop - index)
-                lines: List[bytes] = []
+                lines = []
                 size = 0
                 for line in f:
                     lines.append(line)
@@ -154,10 +155,13 @@ def iter_line_batches(
                         break
                 if not lines:
                     return
-                yield LineBatch(index, lines, _compressed_position(f), origin)
+                batch = LineBatch(index, lines, _compressed_position(f), origin)
                 index += len(lines)
+                lines = []
+                yield batch
         except _READ_ERRORS as e:
-            raise _read_error(path, index, e) from e
+            # lines read completely before the damage: those of earlier batches and this one
+            raise _read_error(path, index + len(lines), e) from e
 
 
 def count_lines(path: str, limit: Optional[int] = None) -> int:

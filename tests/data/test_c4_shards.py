@@ -105,3 +105,14 @@ def test_any_json_encoded_text_decodes_back_exactly(text):
     for ensure_ascii in (True, False):
         line = json.dumps({"text": text, "url": "u"}, ensure_ascii=ensure_ascii).encode() + b"\n"
         assert decode_line(line) == (text, None)
+
+
+def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
+    from megatron_csl.data.atomic import atomic_write_text
+
+    target = tmp_path / "result.json"
+    atomic_write_text(str(target), "{}")
+    assert os.listdir(tmp_path) == ["result.json"] and target.read_text() == "{}"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
