@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-requeues", type=int, default=5,
                    help="local executor: restarts of a run that exits 3 (checkpoint saved) (default 5)")
     p.add_argument("--no-progress", action="store_true", help="local executor: no progress bar")
+    p.add_argument("--repo-dir", type=Path, default=None,
+                   help="checkout whose launch/pretrain.py runs (default: the profile's repo_dir "
+                        "for Slurm, this checkout for local)")
 
     p = sub.add_parser("status", help="per run: pending/running/finished/failed, last loss, progress")
     _common(p)
@@ -105,7 +108,7 @@ def cmd_submit(sweep, runs, args) -> int:
         return 0
 
     if args.executor == "slurm":
-        scripts = slurm.build_scripts(sweep, todo)
+        scripts = slurm.build_scripts(sweep, todo, repo_dir=args.repo_dir)
         folder = sweep.output_dir / slurm.SWEEP_META_DIR / ("dry-run" if args.dry_run else "scripts")
         for script in scripts:
             slurm.write_script(script, folder)
@@ -126,6 +129,7 @@ def cmd_submit(sweep, runs, args) -> int:
             print(f"would run {run.name}: {' '.join(local_command(run, sweep, args.python))}")
         return 0
     executor = LocalExecutor(sweep, todo, parallel=args.parallel, python=args.python,
+                             repo_dir=args.repo_dir or slurm.REPO_ROOT,
                              max_requeues=args.max_requeues, progress=not args.no_progress)
     results = executor.run()
     finished = sum(1 for rc in results.values() if rc == 0)

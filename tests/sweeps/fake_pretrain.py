@@ -41,7 +41,8 @@ def main() -> int:
     latest = run_dir / "checkpoints" / "latest"
     start = int(latest.read_text()) if args.load and latest.exists() else 0
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "run.json", {"name": name, "train_iters": steps, "argv": sys.argv[1:]})
+    write_json(run_dir / "run.json", {"name": name, "train_iters": steps, "argv": sys.argv[1:],
+                                      "started_at": time.time()})
 
     def save(step: int) -> None:
         latest.parent.mkdir(exist_ok=True)
@@ -66,7 +67,7 @@ def main() -> int:
     write_json(run_dir / "result.json", {"val_loss": 10.0 / (steps + 1), "N": 1, "D": steps * 64,
                                          "compression": "dense", "status": "finished",
                                          "train_loss": 10.0 / (steps + 1) + args.seed * 1e-3,
-                                         "steps": steps, "wall_s": 0.1})
+                                         "steps": steps, "wall_s": 0.1, "ended_at": time.time()})
     return 0
 
 
