@@ -88,7 +88,7 @@ def benchmark(
     import sentencepiece as spm
 
     from megatron_csl.data.preprocess import PreprocessConfig, preprocess
-    import megatron.core.datasets.indexed_dataset  # noqa: F401  (import outside the clock)
+    import megatron.core.datasets.indexed_dataset  # noqa: F401  (imported before the clock starts)
 
     sp = spm.SentencePieceProcessor(model_file=tokenizer_model)
     texts = read_texts(corpus)

@@ -28,7 +28,7 @@ import json
 import os
 import random
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import List, Sequence
 
 from megatron_csl.data.atomic import atomic_write_bytes
 
@@ -343,12 +343,6 @@ def write_shards(
     return paths
 
 
-def language_summary(language: Language) -> Dict[str, int]:
-    return {"nouns": len(language.nouns), "verbs": len(language.verbs),
-            "adjectives": len(language.adjectives), "names": len(language.names),
-            "places": len(language.places), "topics": len(language.topics)}
-
-
 def sample_text(docs: int = 2, seed: int = 0, language_seed: int = 1234) -> str:
     """A few documents, for a quick look (``make_synthetic_c4.py --show``)."""
     language = make_language(language_seed)
@@ -356,5 +350,5 @@ def sample_text(docs: int = 2, seed: int = 0, language_seed: int = 1234) -> str:
     return "\n\n".join(r["text"] for r in rows)
 
 
-__all__ = ["Language", "SPLITS", "TYPES", "generate_document", "language_summary",
+__all__ = ["Language", "SPLITS", "TYPES", "generate_document",
            "make_language", "sample_text", "shard_documents", "shard_name", "write_shards"]

@@ -1,5 +1,4 @@
 """The preprocessing pipeline on small fixture shards written by the tests (always runs)."""
-import gzip
 import json
 import os
 import struct

@@ -37,11 +37,6 @@ def dataset_exists(prefix: str) -> bool:
     return os.path.exists(prefix + ".bin") and os.path.exists(prefix + ".idx")
 
 
-def remove_dataset(prefix: str) -> None:
-    for path in (prefix + ".idx", stats_path(prefix), prefix + ".bin"):
-        remove_if_exists(path)
-
-
 def merge_partials(partials: Sequence[str], prefix: str, dtype: np.dtype, write_stats) -> None:
     """Concatenate partial datasets (prefixes, in order) into ``prefix``; ``write_stats()`` runs
     between the ``.bin`` and ``.idx`` renames."""
@@ -62,6 +57,8 @@ def merge_partials(partials: Sequence[str], prefix: str, dtype: np.dtype, write_
             builder.data_file.close()
             raise
         builder.finalize(tmp_idx)
+        # an older dataset's .idx must not sit beside the new .bin, even for a moment
+        remove_if_exists(prefix + ".idx")
         os.replace(tmp_bin, prefix + ".bin")
         write_stats()
         os.replace(tmp_idx, prefix + ".idx")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue as queue_module
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -149,8 +148,7 @@ def _existing_result(prefix: str, fingerprint: dict, overwrite: bool) -> Optiona
     if os.path.exists(out.stats_path(prefix)):
         summary = read_json(out.stats_path(prefix))
     if overwrite:
-        out.remove_dataset(prefix)
-        return None
+        return None  # replaced by the merge, only once the new dataset is complete
     if summary is not None and summary.get("fingerprint") == fingerprint:
         report = PreprocessReport(**summary["report"])
         report.already_complete = True

@@ -42,12 +42,6 @@ class Unit:
     def name(self) -> str:
         return f"unit_{self.shard_index:05d}_{self.part:03d}"
 
-    @property
-    def label(self) -> str:
-        if self.stop is None:
-            return self.path
-        return f"{self.path} (lines {self.start + 1}-{self.stop})"
-
 
 def estimated_makespan(num_shards: int, workers: int, parts: int) -> float:
     """Finishing time, in units of one shard's tokenizing time, when every shard has ``parts`` parts."""
