@@ -138,7 +138,10 @@ def _rng_sharded_object(state):
 
 def _state_dict(model, optimizer, scheduler, metadata, training_state: Optional[dict],
                 is_loading: bool, with_rng: bool):
-    model_sd = model.sharded_state_dict(metadata=metadata)
+    from megatron.core.utils import unwrap_model
+
+    # The bare GPTModel (inside DDP / Float16Module) names the keys as Megatron-LM does.
+    model_sd = unwrap_model(model).sharded_state_dict(metadata=metadata)
     state = {
         "model": model_sd,
         "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
@@ -213,7 +216,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler,
     request = _state_dict(model, optimizer, scheduler, metadata, None, is_loading=True,
                           with_rng=same_layout)
     loaded = dist_checkpointing.load(request, str(path))
-    model.load_state_dict(loaded["model"])
+    from megatron.core.utils import unwrap_model
+
+    unwrap_model(model).load_state_dict(loaded["model"])
     optimizer.load_state_dict(loaded["optimizer"])
     _untie_adam_steps(optimizer)
     scheduler.load_state_dict(loaded["scheduler"])

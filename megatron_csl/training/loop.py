@@ -175,7 +175,7 @@ class Trainer:
         lives on the last pipeline stage; every rank gets the value)."""
         local = 0.0
         if self.is_last_stage and losses_reduced:
-            local = float(torch.stack([x["lm loss"] for x in losses_reduced]).float().mean())
+            local = float(torch.stack([x["lm loss"] for x in losses_reduced]).double().mean())
         total, count = dist_utils.all_reduce_sum([local, 1.0 if self.is_last_stage else 0.0])
         return total / count
 
@@ -211,7 +211,9 @@ class Trainer:
         return {"step": self.step, "consumed_samples": self.consumed_samples,
                 "log_loss_sum": self.log_loss_sum, "log_loss_count": self.log_loss_count,
                 "last_train_loss": self.last_train_loss, "last_val_loss": self.last_val_loss,
-                "wall_s": self.wall_s_before + (time.time() - self.t_start)}
+                # The same value on every rank (the checkpoint's common state must agree).
+                "wall_s": dist_utils.all_reduce_max(
+                    [self.wall_s_before + (time.time() - self.t_start)])[0]}
 
     def save(self):
         if self.last_saved_step == self.step:
