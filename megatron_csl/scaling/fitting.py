@@ -91,8 +91,12 @@ def decide_data_term(runs: RunTable, ratio_tolerance: float):
     else:
         what = f"D a fixed power of N (D ~ N^{slope:.2f})"
     note = (f"the data cannot identify the data term c/D^d: {what}, so c/D^d is a power law in N "
-            "indistinguishable from a/N^b. Fitted the reduced form L = a/(N*eff)^b + e "
-            "(data term absorbed; c and d not reported; EPMs compare formats at this D(N)).")
+            "indistinguishable from a/N^b. Fitted the reduced form L = a/(N*eff)^b + e (c and d not "
+            "reported). Its EPMs are multipliers along this sweep: a compressed model of N "
+            "parameters matches a dense one of N*EPM parameters trained on the same D(N) rule. "
+            "They are closer to 1 than the full law's eff (the data term does not shrink with "
+            "compression); add runs at a second tokens-per-parameter ratio (dense ones suffice) "
+            "to fit the full law.")
     return False, note, ratio
 
 
