@@ -23,6 +23,7 @@ import numpy
 import torch
 
 from . import distributed as dist_utils
+from . import megatron_fixes
 from .rundir import atomic_write_text
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -213,6 +214,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler,
     same_layout = common.get("layout") == _layout()
     # The request follows this run's optimizer: fully_reshardable state loads at any layout.
     metadata = sharded_state_metadata(use_distributed_optimizer)
+    megatron_fixes.materialize_optimizer_state(optimizer)
+    megatron_fixes.tolerate_missing_step(optimizer)
     request = _state_dict(model, optimizer, scheduler, metadata, None, is_loading=True,
                           with_rng=same_layout)
     loaded = dist_checkpointing.load(request, str(path))
@@ -231,15 +234,16 @@ def load_checkpoint(path: Path, model, optimizer, scheduler,
     return loaded["training"]
 
 
+def _inner_optimizers(optimizer):
+    chained = getattr(optimizer, "chained_optimizers", None)
+    return list(chained) if chained else [optimizer]
+
+
 def _untie_adam_steps(optimizer) -> None:
     """After loading, megatron's optimizer state may share one ``step`` tensor between all
     parameters; torch Adam then increments it once per parameter per step, so each parameter
     gets its own copy (measured: without this, resumed losses drift)."""
-    inner = []
-    chained = getattr(optimizer, "chained_optimizers", None)
-    for opt in (chained if chained else [optimizer]):
-        inner.append(getattr(opt, "optimizer", opt))
-    for opt in inner:
+    for opt in (getattr(o, "optimizer", o) for o in _inner_optimizers(optimizer)):
         for state in opt.state.values():
             step = state.get("step") if isinstance(state, dict) else None
             if torch.is_tensor(step):
