@@ -81,7 +81,9 @@ def test_megatron_tp2_resumes_with_the_same_loss(trained_run, tmp_path, capsys):
     assert run["parallel"]["tp"] == 2 and run["model"]["padded_vocab_size"] == 384
     assert (out_dir / "checkpoints" / "latest").read_text().strip() == "3"
     # pretrain accepts it at TP=2: it resumes at step 3 of 3, validates and finishes.
-    port = str(29500 + os.getpid() % 1000)
+    from megatron_csl.training.distributed import free_port
+
+    port = str(free_port())
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", port, str(REPO / "launch" / "pretrain.py"),
                            "--config", str(out_dir / "pretrain_args.yaml")],

@@ -70,3 +70,34 @@ def test_sharded_safetensors_with_index(tmp_path):
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == set(summary["files"])
     assert relative_error(megatron_logits(loaded.model, TOKENS), _hf_logits(tmp_path)) <= 1e-4
+
+
+def test_sentencepiece_tokenizer_is_exported(tmp_path):
+    import gzip
+    import json as _json
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    data = "/work/shared/data/wiki_vital_en.c4.json.gz"
+    try:
+        with gzip.open(data, "rt") as f:
+            texts = [_json.loads(line)["text"] for line, _ in zip(f, range(200))]
+    except FileNotFoundError:
+        texts = ["The quick brown fox jumps over the lazy dog. " * 20, "Hello world, this is a test. " * 20]
+    prefix = tmp_path / "sp"
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(prefix), vocab_size=384,
+                                   model_type="bpe", byte_fallback=True, character_coverage=0.9995,
+                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    loaded = loaded_model("dense", tokenizer_model=str(prefix) + ".model", vocab_size=384)
+    out = tmp_path / "hf"
+    out.mkdir()
+    export_hf(loaded, out, progress=False)
+    assert (out / "tokenizer.model").is_file()
+    tok = AutoTokenizer.from_pretrained(str(out))
+    sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
+    text = "The quick brown fox jumps over the lazy dog."
+    assert tok.encode(text, add_special_tokens=False) == sp.encode(text)
+    config = json.loads((out / "config.json").read_text())
+    assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
