@@ -153,8 +153,8 @@ def _quantized(quantizer, x, keep, nm, shape, dtype) -> Decomposition:
 
     had = getattr(quantizer, "had", 0)
     if had:
-        # fake_quantize rotates, quantizes the rotated weight (the sparsity mask does not enter the
-        # rotated basis) and rotates back; codes and scales live in the rotated basis.
+        # fake_quantize rotates, quantizes the rotated weight and rotates back (parse_spec refuses
+        # Hadamard with sparsity); codes and scales live in the rotated basis.
         x, keep, nm = block_hadamard(x, had), None, None
     two_level = {}
     if quantizer.kind == "int":
