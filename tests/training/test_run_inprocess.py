@@ -4,7 +4,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from megatron_csl.training import REQUEUE_EXIT_CODE, run_pretrain
 from megatron_csl.training.checkpointing import find_latest, read_latest
@@ -16,14 +15,6 @@ RUN = TINY_MODEL + ["--vocab-size", "256", "--train-iters", "6", "--lr", "1e-3",
                     "--lr-warmup-iters", "2", "--micro-batch-size", "2", "--global-batch-size",
                     "4", "--log-interval", "1", "--eval-interval", "3", "--eval-iters", "2",
                     "--compression", "w4a4", "--no-tensorboard"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def without_speed(rows):
