@@ -9,6 +9,7 @@ Rerun the same command after an interruption: finished shard parts are kept. See
 """
 import argparse
 import os
+import signal
 import sys
 
 
@@ -41,8 +42,21 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _stop_on_sigterm(signum, frame):
+    # Slurm and kill send SIGTERM: stop like Ctrl-C (terminate the workers, keep finished parts)
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    try:
+        return _run(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     from megatron_csl.data.c4_shards import MalformedLineError, ShardReadError
     from megatron_csl.data.preprocess import (
         PreprocessConfig, PreprocessStateError, preprocess,

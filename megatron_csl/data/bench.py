@@ -64,15 +64,21 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def _best_of(trials: int, fn) -> tuple:
-    """(best wall seconds, CPU seconds of that trial): CPU time is less sensitive to other
-    jobs on a shared machine than wall time, so it is reported beside it."""
-    best = (float("inf"), 0.0)
+def _timed(fn) -> tuple:
+    cpu, started = _cpu_seconds(), time.perf_counter()
+    fn()
+    return time.perf_counter() - started, _cpu_seconds() - cpu
+
+
+def _best_interleaved(trials: int, *fns) -> list:
+    """Best (wall seconds, CPU seconds of that run) of each function over ``trials`` rounds.
+
+    The functions take turns within a round, so a burst of load from other jobs on a shared
+    machine hits them alike; CPU time is reported too, being less sensitive to such load."""
+    best = [(float("inf"), 0.0)] * len(fns)
     for _ in range(trials):
-        cpu, started = _cpu_seconds(), time.perf_counter()
-        fn()
-        wall = time.perf_counter() - started
-        best = min(best, (wall, _cpu_seconds() - cpu))
+        for i, fn in enumerate(fns):
+            best[i] = min(best[i], _timed(fn))
     return best
 
 
@@ -111,10 +117,12 @@ def benchmark(
                         progress=False,
                     ))
 
-                pipeline_s, pipeline_cpu = _best_of(trials, pipeline)
-                ceiling_s, ceiling_cpu = _best_of(trials, lambda: sp.encode(batch, num_threads=k))
-                numpy_s, _ = _best_of(trials, lambda: sp.encode(batch, num_threads=k,
-                                                                  return_type="numpy"))
+                (pipeline_s, pipeline_cpu), (ceiling_s, ceiling_cpu), (numpy_s, _) = \
+                    _best_interleaved(
+                        trials, pipeline,
+                        lambda: sp.encode(batch, num_threads=k),
+                        lambda: sp.encode(batch, num_threads=k, return_type="numpy"),
+                    )
                 report = result["report"]
                 ceiling_tokens = sum(map(len, sp.encode(texts))) * copies
                 if report.tokens != ceiling_tokens:  # both must have tokenized the same text

@@ -249,3 +249,28 @@ def test_any_text_round_trips_through_the_pipeline(tiny_tokenizer, sp, tmp_path_
     ds = read_dataset(report.dataset_prefix)
     assert [ds[i].tolist() for i in range(len(ds))] == want
     assert report.empty_documents == len(texts) - len(want)
+
+
+def test_interrupting_the_pool_stops_workers_and_a_rerun_finishes(
+        fixture_shards, tiny_tokenizer, tmp_path, monkeypatch):
+    import multiprocessing
+
+    from megatron_csl.data.preprocess import pipeline
+
+    paths, _ = fixture_shards
+    real_done = pipeline._ProgressBar.unit_done
+
+    def interrupt_after_first(self, stats):
+        real_done(self, stats)
+        raise KeyboardInterrupt  # Ctrl-C (or SIGTERM via the CLI) while other units run
+
+    monkeypatch.setattr(pipeline._ProgressBar, "unit_done", interrupt_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        run(paths, tiny_tokenizer, tmp_path / "i", workers=2)
+    assert multiprocessing.active_children() == []  # the pool was terminated and joined
+    work = tmp_path / "i_text_document.work"
+    assert len([n for n in os.listdir(work) if n.endswith(".done.json")]) >= 1
+    assert not os.path.exists(str(tmp_path / "i_text_document.idx"))
+    monkeypatch.setattr(pipeline._ProgressBar, "unit_done", real_done)
+    report = run(paths, tiny_tokenizer, tmp_path / "i", workers=2)
+    assert report.units_resumed >= 1 and report.documents == 48

@@ -182,6 +182,7 @@ _QUEUE = None
 def init_pool_process(settings: UnitSettings, queue) -> None:
     # Ctrl-C goes to the parent, which terminates the pool; workers must not die half-way on it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() must end us at once
     global _WORKER, _QUEUE
     _WORKER = UnitWorker(settings)
     _QUEUE = queue
