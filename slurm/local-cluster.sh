@@ -85,7 +85,7 @@ MinJobAge=600
 DependencyParameters=kill_invalid_depend
 # Schedule every second so that requeued jobs restart as soon as cred_expire allows.
 SchedulerParameters=sched_interval=1
-KillWait=5
+KillWait=15
 InactiveLimit=0
 SlurmdTimeout=30
 NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN

@@ -86,8 +86,11 @@ class LocalExecutor:
         log = open(run_dir / "local.log", "ab")
         log.write(f"[sweep] {rundir.now_iso()} {' '.join(cmd)}\n".encode())
         log.flush()
+        # One thread per process unless told otherwise, as torchrun and the sbatch template do.
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", "1")
         proc = subprocess.Popen(cmd, cwd=self.repo_dir, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, env=env)
         try:
             create_time = psutil.Process(proc.pid).create_time()
         except psutil.NoSuchProcess:

@@ -94,3 +94,25 @@ def slurm_cluster(tmp_path_factory):
         yield env
     finally:
         subprocess.run(["bash", str(CLUSTER_SH), "stop"], env=env, capture_output=True, timeout=120)
+
+
+E2E_SWEEP = DATA / "e2e.yaml"
+E2E_REFERENCE_RUNS = ("a_dense_tpp2.5_s7", "b_dense_tpp2.5_s7")
+
+
+def read_result(run_dir: Path) -> dict:
+    import json
+
+    return json.loads((Path(run_dir) / "result.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def e2e_reference(tmp_path_factory):
+    """Uninterrupted results of the e2e sweep's a_dense (1 process) and b_dense (torchrun, 2
+    processes, gloo) from the local executor and the real launch/pretrain.py: {run: result.json}."""
+    out = tmp_path_factory.mktemp("e2e_reference")
+    done = run_sweep_cli("submit", E2E_SWEEP, "--executor", "local", "--output-dir", out,
+                         "--parallel", "2", "--no-progress",
+                         *(a for run in E2E_REFERENCE_RUNS for a in ("--only", run)), timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {run: read_result(out / run) for run in E2E_REFERENCE_RUNS}
