@@ -14,7 +14,7 @@ import numpy as np
 from megatron_csl.scaling.bootstrap import bootstrap_fit
 from megatron_csl.scaling.fitting import FitOptions, fit_runs
 from megatron_csl.scaling.parallel import default_workers
-from megatron_csl.scaling.synthetic import PAPER_EPMS, random_sweep
+from megatron_csl.scaling.synthetic import PAPER_EPMS, random_sweep, write_table_csv
 
 
 def main(argv=None) -> int:
@@ -26,9 +26,13 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target-s", type=float, default=10.0)
     p.add_argument("--check", action="store_true", help="exit 1 when slower than --target-s")
+    p.add_argument("--write-csv", metavar="PATH",
+                   help="also save the synthetic runs as a fit_laws.py --table CSV")
     args = p.parse_args(argv)
 
     runs = random_sweep(args.runs_per_format, np.random.default_rng(args.seed))
+    if args.write_csv:
+        write_table_csv(runs, args.write_csv)
     cpu0 = _cpu_s()
     t0 = time.perf_counter()
     result = fit_runs("compression", runs, options=FitOptions(refine_top=args.refine_top),

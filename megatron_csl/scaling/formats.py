@@ -37,8 +37,13 @@ class FormatInfo:
         return factor * (1.0 - self.sparsity)
 
 
+DENSE_INFO = FormatInfo("dense", 16.0, 16.0, 0.0, 16.0)
+
+
 @lru_cache(maxsize=None)
 def format_info(spec: str) -> FormatInfo:
+    if spec == "dense":
+        return DENSE_INFO  # no torch import for dense-only fits
     from megatron_csl.compression import parse_spec
 
     s = parse_spec(spec)
@@ -49,6 +54,8 @@ def format_info(spec: str) -> FormatInfo:
 @lru_cache(maxsize=None)
 def gmse_parts(spec: str):
     """(weight GMSE or None, activation GMSE or None), as the capacity law needs them."""
+    if spec == "dense":
+        return (None, None)
     from megatron_csl.compression import gaussian_mse_parts
 
     return gaussian_mse_parts(spec)

@@ -33,4 +33,4 @@ def write_json(path, obj) -> None:
 
 
 def save_figure(fig, path) -> None:
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"), mode="wb")
+    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")

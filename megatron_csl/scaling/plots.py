@@ -28,7 +28,7 @@ def plot_loss_vs_n(result: FitResult, path):
     runs = result.problem.runs
     formats = epm_names(result)
     colors = _colors(formats)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(7, 5), layout="constrained")
     for f in formats:
         m = runs.formats == f
         ax.scatter(runs.N[m], runs.loss[m], s=18, color=colors[f], alpha=0.8)
@@ -42,7 +42,7 @@ def plot_loss_vs_n(result: FitResult, path):
     ax.set_ylabel("validation loss")
     ax.set_title(f"{result.law} law, {result.form} form: fit at each format's median D/N")
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    ax.grid(True, which="major", alpha=0.3)
     save_figure(fig, path)
     plt.close(fig)
 
@@ -51,7 +51,7 @@ def plot_epm(report: dict, path):
     rows = report["formats"]
     names = [r["spec"] for r in rows]
     values = np.array([r["epm"]["value"] for r in rows])
-    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4), layout="constrained")
     x = np.arange(len(rows))
     ax.bar(x, values, color="#4c72b0", alpha=0.8)
     if report["bootstrap"]:
@@ -73,7 +73,7 @@ def plot_pareto(result: FitResult, path, info=format_info):
     runs = result.problem.runs
     formats = epm_names(result)
     colors = _colors(formats)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True, layout="constrained")
     for ax, mode in zip(axes, COST_MODES):
         factors = np.array([info(f).cost_factor(mode) for f in runs.formats])
         cost = run_costs(runs.N, runs.D, factors)
@@ -92,7 +92,7 @@ def plot_pareto(result: FitResult, path, info=format_info):
         ax.set_xlabel(f"training cost, bf16-equivalent FLOPs ({mode} speedup counting)")
         ax.set_title({"linear": "linear: b-bit costs max(bw,ba)/16",
                       "quadratic": "quadratic: bw*ba/256"}[mode] + ", sparsity (1-s)")
-        ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("validation loss")
     axes[0].legend(fontsize=8)
     fig.suptitle("lines: the fit's compute-optimal loss per format")

@@ -45,12 +45,12 @@ class Run:
 
 def canonical_spec(spec) -> str:
     """Canonical form of a compression spec; raises SpecError (a ValueError) when invalid."""
-    from megatron_csl.compression import parse_spec  # imports torch: only when specs are read
-
-    if spec is None or (isinstance(spec, str) and spec.strip() == ""):
+    if spec is None or (isinstance(spec, str) and spec.strip() in ("", DENSE)):
         return DENSE
     if not isinstance(spec, str):
         raise ValueError(f"compression must be a string, got {spec!r}")
+    from megatron_csl.compression import parse_spec  # imports torch: only for compressed specs
+
     return parse_spec(spec.strip()).canonical
 
 

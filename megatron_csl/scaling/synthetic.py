@@ -1,9 +1,13 @@
 """Runs drawn from a known compression law, for recovery tests and the fitting benchmark."""
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 
 import numpy as np
+
+from .outputs import write_text
 
 from .problem import RunTable
 
@@ -47,3 +51,13 @@ def random_sweep(n_per_format: int, rng: np.random.Generator, epm=PAPER_EPMS,
     a, b, c, d, e = law
     loss = (a / (N * eff) ** b + c / D ** d + e) * np.exp(noise * rng.standard_normal(len(N)))
     return RunTable(N, D, loss, fmt)
+
+
+def write_table_csv(runs: RunTable, path) -> None:
+    """Runs as the CSV fit_laws.py --table reads (N,D,loss,compression; dense left empty)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["N", "D", "loss", "compression"])
+    for n, d, loss, f in zip(runs.N, runs.D, runs.loss, runs.formats):
+        w.writerow([repr(float(n)), repr(float(d)), repr(float(loss)), "" if f == "dense" else f])
+    write_text(path, buf.getvalue())
