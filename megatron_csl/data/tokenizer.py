@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator, List, Optional, Sequence
@@ -174,7 +175,14 @@ def train_tokenizer(
     # SentencePiece re-raises an exception from the iterator as a RuntimeError holding its text;
     # keep the original (e.g. ShardReadError naming the shard) and raise that instead.
     failure: List[BaseException] = []
-    sentences = _stop_on_error(training_sentences(docs, max_sentence_bytes, stats), failure)
+    announce = None
+    if progress:
+        def announce():
+            docs.close()
+            print(f"training a {model_type} model of {vocab_size} pieces on {stats.paragraphs:,} "
+                  f"paragraphs (--verbose shows SentencePiece's log)", file=sys.stderr, flush=True)
+    sentences = _stop_on_error(training_sentences(docs, max_sentence_bytes, stats), failure,
+                               announce)
 
     spm.set_random_generator_seed(seed)
     model = io.BytesIO()
@@ -227,11 +235,14 @@ def train_tokenizer(
     )
 
 
-def _stop_on_error(items: Iterable[str], failure: List[BaseException]) -> Iterator[str]:
+def _stop_on_error(items: Iterable[str], failure: List[BaseException], on_end=None) -> Iterator[str]:
     try:
         yield from items
     except Exception as e:  # noqa: BLE001 - re-raised by train_tokenizer
         failure.append(e)
+        return
+    if on_end is not None:
+        on_end()
 
 
 def vocab_listing(processor: spm.SentencePieceProcessor) -> str:
