@@ -171,3 +171,31 @@ def test_preemption_signal_to_one_rank_checkpoints_all_and_exits_3(tmp_path, cap
     assert [r["step"] for r in rows] == list(range(1, step + 2))
     assert read_latest(run_dir / "checkpoints") == step + 1
     assert abs(rows[-1]["loss"] - rows[-2]["loss"]) < 0.5   # continues, does not restart
+
+
+def test_pipeline_parallel_run_continues_a_single_stage_checkpoint_exactly(tmp_path):
+    """PP=1 for two steps (in this process), then torchrun PP=2 resumes from that checkpoint
+    (resharded into two stages): megatron's 1F1B schedule with the loss on the last stage must
+    log the very losses of the uninterrupted PP=1 run."""
+    from megatron_csl.training import run_pretrain
+
+    args = TINY_MODEL + ["--vocab-size", "256", "--mock-data", "--train-iters", "4",
+                         "--lr", "1e-3", "--lr-warmup-iters", "1", "--micro-batch-size", "2",
+                         "--global-batch-size", "8", "--log-interval", "1", "--eval-interval",
+                         "2", "--eval-iters", "2", "--no-tensorboard"]
+    assert run_pretrain(args + ["--run-dir", str(tmp_path / "ref")]) == 0
+    run_dir = str(tmp_path / "pp")
+    assert run_pretrain(args + ["--run-dir", run_dir, "--exit-interval", "2"]) == \
+        REQUEUE_EXIT_CODE
+    two = run([TORCHRUN, "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+               "--master-port", str(free_port()), SCRIPT] + args
+              + ["--pipeline-model-parallel-size", "2", "--run-dir", run_dir, "--load"])
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "resumed from" in two.stdout and "step 4/4" in two.stdout
+
+    def rows(d):
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"}
+                for r in read_metrics(Path(d) / "metrics.jsonl")]
+
+    assert rows(run_dir) == rows(tmp_path / "ref")
+    assert json.loads((Path(run_dir) / "run.json").read_text())["parallel"]["pp"] == 2
