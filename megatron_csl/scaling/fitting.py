@@ -4,7 +4,7 @@ Protocol (REFERENCE.md, after Epoch AI's replication): log-sum-exp parametrisati
 delta = 1e-3 on log loss summed over runs, L-BFGS-B with the analytic gradient from Epoch's grid
 of 4,500 starts, best optimum kept.
 
-One deliberate shortcut, because L-BFGS-B from all 4,500 starts costs ~10 ms each (45 s per fit):
+One deliberate shortcut, because L-BFGS-B from all 4,500 starts costs 3-30 ms each (15-150 s):
 the objective is evaluated at every grid point in one vectorised pass, and L-BFGS-B runs from the
 ``refine_top`` best of them (default 64). ``refine_top=None`` runs from every start (Epoch's exact
 protocol); on the Chinchilla data and on the synthetic sweeps both give the same optimum
@@ -15,7 +15,7 @@ After the fit the data are checked for what they cannot identify:
   tokens-per-parameter ratio, or at one token count -- then ``c / D^d`` is a second power law in N
   and cannot be told apart from ``a / N^b``; the fitter says so and fits the reduced form
   ``L = a / (N eff)^b + e`` (the data term absorbed into the parameter term). EPMs still come out;
-  they then compare formats at that ratio.
+  they then compare formats along that D(N) rule (see the warning text and docs/fitting.md).
 - after fitting: parameters on a bound, terms that are negligible at every run, and a
   (numerically) rank-deficient Jacobian of the predictions.
 """
