@@ -286,7 +286,8 @@ class Trainer:
             preempt, top_token = dist_utils.all_reduce_max(
                 [1.0 if self.watcher.requested else 0.0, top_token])
             if preempt:
-                self.save()
+                if self.step > 0:   # at step 0 there is nothing to keep: a requeue starts over
+                    self.save()
                 _print0(f"[pretrain] preempted at step {self.step}: checkpoint saved, exiting "
                         f"with code {REQUEUE_EXIT_CODE} (requeue)")
                 return REQUEUE_EXIT_CODE

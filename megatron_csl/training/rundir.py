@@ -36,6 +36,8 @@ def atomic_write_text(path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the permissions an ordinary open() would.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -45,6 +47,12 @@ def atomic_write_text(path, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_json(path, obj) -> None:
@@ -93,9 +101,10 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step hides events the interrupted attempt logged after the checkpoint.
+            # purge_step hides events an interrupted attempt logged after the checkpoint (all of
+            # them when a run without a checkpoint starts over).
             self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR),
-                                     purge_step=resume_step + 1 if resume_step > 0 else None)
+                                     purge_step=resume_step + 1)
 
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
