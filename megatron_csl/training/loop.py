@@ -122,7 +122,7 @@ class Trainer:
             if diffs:
                 return {"error": f"--load: {str(run_dir)!r} holds a different run ("
                                  + "; ".join(diffs) + "); use a new --run-dir"}
-        restarts = (previous or {}).get("restarts", -1) + 1 if previous is not None else 0
+        restarts = previous.get("restarts", 0) + 1 if previous is not None else 0
         return {"resume": None if latest is None else (latest[0], str(latest[1])),
                 "restarts": restarts}
 
