@@ -7,6 +7,7 @@ are kept and only the rest are redone; the final files appear only when everythi
 """
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue as queue_module
@@ -328,9 +329,15 @@ class _PoolRunner:
         methods = multiprocessing.get_all_start_methods()
         self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.progress_queue = self.context.Queue()
-        self.pool = self.context.Pool(
-            workers, initializer=init_pool_process, initargs=(settings, self.progress_queue)
-        )
+        # frozen objects are never visited by the workers' garbage collector, so the parent's
+        # heap (torch, megatron-core) stays shared copy-on-write instead of being copied
+        gc.freeze()
+        try:
+            self.pool = self.context.Pool(
+                workers, initializer=init_pool_process, initargs=(settings, self.progress_queue)
+            )
+        finally:
+            gc.unfreeze()
 
     def count_lines_many(self, jobs):
         return self.pool.map(count_lines_in_pool, jobs, chunksize=1)
