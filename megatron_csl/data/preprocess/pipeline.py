@@ -142,7 +142,8 @@ def preprocess(config: PreprocessConfig) -> PreprocessReport:
 
 
 def _existing_result(prefix: str, fingerprint: dict, overwrite: bool) -> Optional[PreprocessReport]:
-    """The report of an identical finished job, or None after clearing what ``overwrite`` allows."""
+    """The report of an identical finished job; None when there is none or ``overwrite`` is set;
+    an error when a different job's output is in the way."""
     if not out.dataset_exists(prefix):
         return None
     summary = None
