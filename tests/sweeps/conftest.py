@@ -97,7 +97,7 @@ def slurm_cluster(tmp_path_factory):
 
 
 E2E_SWEEP = DATA / "e2e.yaml"
-E2E_REFERENCE_RUNS = ("a_dense_tpp2.5_s7", "b_dense_tpp2.5_s7")
+E2E_REFERENCE_RUNS = ("a_dense_tpp0.75_s7", "b_dense_tpp0.75_s7")
 
 
 def read_result(run_dir: Path) -> dict:

@@ -14,14 +14,14 @@ from megatron_csl.sweeps.status import INTERRUPTED, collect_status
 from .conftest import E2E_SWEEP, REPO, SWEEP_PY, read_result, run_sweep_cli
 
 pytestmark = pytest.mark.timeout(600)
-RUN = "a_dense_tpp2.5_s7"
+RUN = "a_dense_tpp0.75_s7"
 
 
 def test_reference_runs_finish(e2e_reference):
-    a, b = e2e_reference["a_dense_tpp2.5_s7"], e2e_reference["b_dense_tpp2.5_s7"]
+    a, b = e2e_reference["a_dense_tpp0.75_s7"], e2e_reference["b_dense_tpp0.75_s7"]
     assert a["status"] == b["status"] == "finished"
-    assert (a["steps"], b["steps"]) == (404, 262)       # the plan's step counts
-    assert a["D"] == 404 * 4 * 32 and b["D"] == 262 * 8 * 32
+    assert (a["steps"], b["steps"]) == (121, 79)       # the plan's step counts
+    assert a["D"] == 121 * 4 * 32 and b["D"] == 79 * 8 * 32
 
 
 def test_sigterm_then_resubmit_resumes_to_the_same_loss(e2e_reference, tmp_path):
@@ -38,9 +38,9 @@ def test_sigterm_then_resubmit_resumes_to_the_same_loss(e2e_reference, tmp_path)
     proc.send_signal(signal.SIGTERM)
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == 1, output
-    status = collect_status([(RUN, out / RUN, 404)], None, None)[0]
+    status = collect_status([(RUN, out / RUN, 121)], None, None)[0]
     assert status.state == INTERRUPTED, (status, output)
-    assert 5 <= status.checkpoint_step < 404
+    assert 5 <= status.checkpoint_step < 121
     assert rundir.last_attempt_end(out / RUN)["rc"] == 3
 
     done = run_sweep_cli(*cmd[2:], timeout=300)
@@ -54,4 +54,4 @@ def test_sigterm_then_resubmit_resumes_to_the_same_loss(e2e_reference, tmp_path)
     assert result["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-6)
     # Each step is logged once, although the steps after the checkpoint ran twice.
     steps = [r["step"] for r in rundir.read_jsonl(metrics) if "loss" in r]
-    assert steps == list(range(1, 405))
+    assert steps == list(range(1, 122))

@@ -12,8 +12,8 @@ from megatron_csl.sweeps.status import FINISHED, collect_status
 
 from .conftest import E2E_SWEEP, read_result, run_sweep_cli
 
-pytestmark = pytest.mark.timeout(900)
-SWEEP_RUNS = ("a_dense_tpp2.5_s7", "a_w4_tpp2.5_s7", "b_dense_tpp2.5_s7")
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(900)]
+SWEEP_RUNS = ("a_dense_tpp0.75_s7", "a_w4_tpp0.75_s7", "b_dense_tpp0.75_s7")
 
 
 @pytest.fixture
@@ -52,16 +52,16 @@ def test_sweep_completes_on_slurm(slurm_env, e2e_reference, tmp_path, capsys):
     assert "(array of 2)" in printed and "(job)" in printed
     jobs = {run: rundir.last_submission(out / run) for run in SWEEP_RUNS}
     # The two runs of model a share one array job; b (another layout) is a job of its own.
-    assert jobs["a_dense_tpp2.5_s7"]["array_job_id"] == jobs["a_w4_tpp2.5_s7"]["array_job_id"]
-    assert jobs["b_dense_tpp2.5_s7"]["array_job_id"] is None
-    assert {jobs["a_dense_tpp2.5_s7"]["job_id"], jobs["a_w4_tpp2.5_s7"]["job_id"]} == {
-        f"{jobs['a_w4_tpp2.5_s7']['array_job_id']}_0", f"{jobs['a_w4_tpp2.5_s7']['array_job_id']}_1"}
+    assert jobs["a_dense_tpp0.75_s7"]["array_job_id"] == jobs["a_w4_tpp0.75_s7"]["array_job_id"]
+    assert jobs["b_dense_tpp0.75_s7"]["array_job_id"] is None
+    assert {jobs["a_dense_tpp0.75_s7"]["job_id"], jobs["a_w4_tpp0.75_s7"]["job_id"]} == {
+        f"{jobs['a_w4_tpp0.75_s7']['array_job_id']}_0", f"{jobs['a_w4_tpp0.75_s7']['array_job_id']}_1"}
 
     _wait(lambda: all(s.state == FINISHED for s in _statuses(out, SWEEP_RUNS)), 600,
           "the three runs to finish")
     for run in SWEEP_RUNS:
         assert read_result(out / run)["status"] == "finished"
-    run_json = rundir.read_json(out / "b_dense_tpp2.5_s7" / "run.json")
+    run_json = rundir.read_json(out / "b_dense_tpp0.75_s7" / "run.json")
     assert run_json["parallel"]["world_size"] == 2 and run_json["parallel"]["dp"] == 2
     # Same results as the local executor's uninterrupted runs (one process and two with gloo).
     for run, reference in e2e_reference.items():
@@ -77,7 +77,7 @@ def test_sweep_completes_on_slurm(slurm_env, e2e_reference, tmp_path, capsys):
 
 
 def test_usr1_requeue_then_cancel_and_resubmit(slurm_env, e2e_reference, tmp_path, capsys):
-    run = "a_dense_tpp2.5_s7"
+    run = "a_dense_tpp0.75_s7"
     out = tmp_path / "runs"
     metrics = out / run / "metrics.jsonl"
 
@@ -95,7 +95,7 @@ def test_usr1_requeue_then_cancel_and_resubmit(slurm_env, e2e_reference, tmp_pat
     first_end = rundir.read_jsonl(out / run / "attempts.jsonl")[1]
     assert (first_end["event"], first_end["rc"], first_end["signal"]) == ("end", 3, "USR1")
     first_checkpoint = rundir.latest_checkpoint_step(out / run)
-    assert 5 <= first_checkpoint < 404
+    assert 5 <= first_checkpoint < 121
     restarted = rundir.read_jsonl(out / run / "attempts.jsonl")[2]
     assert (restarted["event"], restarted["restart"]) == ("start", 1)
     assert _job_of(out, run) == job          # requeued: the same job, not a new submission
@@ -117,9 +117,9 @@ def test_usr1_requeue_then_cancel_and_resubmit(slurm_env, e2e_reference, tmp_pat
     _wait(lambda: _statuses(out, [run])[0].state == FINISHED, 600, "the run to finish")
 
     result, reference = read_result(out / run), e2e_reference[run]
-    assert result["steps"] == reference["steps"] == 404
+    assert result["steps"] == reference["steps"] == 121
     assert result["train_loss"] == pytest.approx(reference["train_loss"], rel=1e-6)
     assert result["val_loss"] == pytest.approx(reference["val_loss"], rel=1e-6)
     log = (out / run / "slurm.log").read_text()
     assert "received SIGUSR1" in log and "requeueing job" in log and "resumed from" in log
-    assert [r["step"] for r in rundir.read_jsonl(metrics) if "loss" in r] == list(range(1, 405))
+    assert [r["step"] for r in rundir.read_jsonl(metrics) if "loss" in r] == list(range(1, 122))

@@ -91,7 +91,7 @@ def test_failed_runs_are_resubmitted_and_finished_ones_skipped(write_sweep, tmp_
 
 def test_sigterm_stops_runs_with_a_checkpoint_and_submit_resumes(write_sweep, tmp_path, fake_repo):
     path, sweep, runs = _three_runs(write_sweep, tmp_path)
-    env = dict(os.environ, FAKE_STEPS="40", FAKE_STEP_S="0.1")
+    env = dict(os.environ, FAKE_STEPS="30", FAKE_STEP_S="0.05")
     cmd = [sys.executable, str(SWEEP_PY), "submit", str(path), "--executor", "local", "--output-dir",
            str(sweep.output_dir), "--repo-dir", str(fake_repo), "--only", runs[0].name]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -103,13 +103,13 @@ def test_sigterm_stops_runs_with_a_checkpoint_and_submit_resumes(write_sweep, tm
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 1, out
-    status = collect_status([(runs[0].name, sweep.output_dir / runs[0].name, 40)], None, None)[0]
-    assert status.state == INTERRUPTED and 3 <= status.checkpoint_step < 40, status
+    status = collect_status([(runs[0].name, sweep.output_dir / runs[0].name, 30)], None, None)[0]
+    assert status.state == INTERRUPTED and 3 <= status.checkpoint_step < 30, status
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resubmit {runs[0].name}: interrupted, resumes from step {status.checkpoint_step}" in done.stdout
     steps = [r["step"] for r in rundir.read_jsonl(metrics)]
-    assert steps == list(range(1, 41))
+    assert steps == list(range(1, 31))
 
 
 def test_local_executor_refuses_multi_node_layouts(write_sweep, tmp_path):
