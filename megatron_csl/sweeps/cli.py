@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fnmatch
 import json
 import sys
@@ -84,8 +85,9 @@ def cmd_status(sweep, runs, args) -> int:
     rows = status_mod.status_rows(statuses)
     counts = status_mod.summarize(statuses)
     if args.json:
+        raw = [{**dataclasses.asdict(s), "progress": s.progress} for s in statuses]
         print(json.dumps({"sweep": sweep.name, "output_dir": str(sweep.output_dir),
-                          "counts": counts, "runs": rows}, indent=2))
+                          "counts": counts, "runs": raw}, indent=2))
     else:
         print(f"sweep {sweep.name}: {len(rows)} runs in {sweep.output_dir}")
         print(tabulate(rows, headers="keys", disable_numparse=True))

@@ -87,6 +87,12 @@ def test_failed_runs_are_resubmitted_and_finished_ones_skipped(write_sweep, tmp_
     assert len(rundir.read_jsonl(sweep.output_dir / runs[0].name / "jobs.jsonl")) == 1
     assert cli.main(argv) == 0
     assert "nothing to submit: 3 finished" in capsys.readouterr().out
+    assert cli.main(["status", str(path), "--output-dir", str(sweep.output_dir), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["counts"] == {"finished": 3}
+    assert [(r["name"], r["step"], r["progress"]) for r in doc["runs"]] == [
+        (r.name, 6, 1.0) for r in runs]
+    assert doc["runs"][1]["restarts"] == 1       # failed once, then resubmitted
 
 
 def test_sigterm_stops_runs_with_a_checkpoint_and_submit_resumes(write_sweep, tmp_path, fake_repo):
