@@ -25,7 +25,9 @@ setup(
         "jinja2",
     ],
     extras_require={
-        "test": ["pytest", "hypothesis", "pytest-timeout", "transformers"],
+        # triton: the kernel tests run the Triton kernels on CPU through its interpreter.
+        "test": ["pytest", "hypothesis", "pytest-timeout", "transformers",
+                 "triton; platform_system == 'Linux'"],
         "te": ["transformer-engine[pytorch]"],
         "triton": ["triton"],
     },

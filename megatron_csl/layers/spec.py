@@ -13,6 +13,9 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from .resolve import is_dense, resolve_compression
 
 IMPLS = ("local", "te")
+# Core attention: "megatron" keeps the spec's own module (DotProductAttention for local,
+# TEDotProductAttention for te); "sdpa" swaps in megatron_csl.layers.attention.SDPAttention.
+ATTENTIONS = ("megatron", "sdpa")
 COMPRESSED_LINEARS = ("linear_qkv", "linear_proj", "linear_fc1", "linear_fc2")
 
 
@@ -29,13 +32,34 @@ def _check_impl(impl: str) -> str:
     return impl
 
 
-def compressed_layer_spec(compression="dense", impl: str = "local") -> ModuleSpec:
-    """The transformer-layer spec for `compression` ("dense", "w4a4", "s50+w4", ... or a
-    CompressionSpec) on `impl` ("local": megatron-core modules; "te": Transformer Engine).
+def _check_attention(attention: str) -> str:
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    return attention
 
-    dense + local is exactly megatron-core's `get_gpt_layer_local_spec(normalization="RMSNorm")`.
+
+def compressed_layer_spec(compression="dense", impl: str = "local",
+                          attention: str = "megatron") -> ModuleSpec:
+    """The transformer-layer spec for `compression` ("dense", "w4a4", "s50+w4", ... or a
+    CompressionSpec) on `impl` ("local": megatron-core modules; "te": Transformer Engine), with
+    `attention` as core attention ("megatron": the spec's own; "sdpa": SDPAttention, flash
+    attention through torch's scaled_dot_product_attention).
+
+    dense + local + megatron is exactly megatron-core's
+    `get_gpt_layer_local_spec(normalization="RMSNorm")`.
     """
     impl = _check_impl(impl)
+    attention = _check_attention(attention)
+    spec = _linears_spec(compression, impl)
+    if attention == "sdpa":
+        from .attention import SDPAttention
+
+        spec = copy.deepcopy(spec)
+        spec.submodules.self_attention.submodules.core_attention = SDPAttention
+    return spec
+
+
+def _linears_spec(compression, impl: str) -> ModuleSpec:
     if impl == "te":
         from .te import te_compressed_layer_spec
 

@@ -38,8 +38,13 @@ def build_gpt_model(
     pre_process: Optional[bool] = None,
     post_process: Optional[bool] = None,
     rotary_base: int = 10000,
+    attention: str = "megatron",
 ):
     """A megatron-core GPTModel: untied embeddings, RoPE, the layer spec of `compression`/`impl`.
+
+    `attention`: core attention, "megatron" (the spec's own; dense + local is then exactly
+    megatron-core's local-spec GPTModel) or "sdpa" (flash attention through
+    torch.nn.functional.scaled_dot_product_attention, see megatron_csl.layers.attention).
 
     `config` is a TransformerConfig (see `llama_transformer_config`). Needs megatron's
     parallel_state initialised (a 1-rank gloo group is enough on a CPU). pre_process/post_process
@@ -65,7 +70,7 @@ def build_gpt_model(
     pre_process, post_process = _stage_flags(pre_process, post_process)
     return GPTModel(
         config=config,
-        transformer_layer_spec=compressed_layer_spec(compression, impl),
+        transformer_layer_spec=compressed_layer_spec(compression, impl, attention),
         vocab_size=vocab_size,
         max_sequence_length=seq_length,
         pre_process=pre_process,

@@ -1,0 +1,271 @@
+"""Training-step benchmark: step time, tokens/s and MFU per compression format.
+
+The model is built the way training builds it (megatron_csl.model.build_gpt_model -> megatron's
+Float16Module for bf16 -> megatron DistributedDataParallel -> get_megatron_optimizer (Adam) ->
+megatron's forward_backward_func with one micro-batch -> optimizer.step()), on one process.
+Every figure is a median over timed steps after warm-up; MFU is against the bf16 (CPU: fp32)
+matmul rate measured in the same run (see flops.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import statistics
+import tempfile
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .flops import mfu, step_flops
+from .timing import matmul_rate, time_calls
+
+# The issue's formats, in the order of its table.
+DEFAULT_FORMATS = ("dense", "w4", "w4a4", "w2a2", "s50", "s50:tensor", "s50:nm2/4",
+                   "s50:nm64/128", "s50+w4", "fp8")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepBenchConfig:
+    num_layers: int = 24
+    hidden_size: int = 1024
+    num_attention_heads: int = 16
+    ffn_hidden_size: int = 2816
+    seq_length: int = 2048
+    micro_batch_size: int = 8
+    vocab_size: int = 32000
+    bf16: bool = True
+    attention: str = "sdpa"
+    kernels: bool = True
+    warmup: int = 3
+    steps: int = 10
+    matmul_n: int = 8192
+    device: str = "cuda"
+
+    @classmethod
+    def cpu_smoke(cls, **overrides) -> "StepBenchConfig":
+        """Tiny shapes that run in seconds on a CPU (fp32: megatron's bf16 optimizer needs CUDA)."""
+        # hidden and FFN multiples of 128 so that every default format (nm64/128) fits.
+        base = dict(num_layers=2, hidden_size=128, num_attention_heads=4, ffn_hidden_size=384,
+                    seq_length=64, micro_batch_size=2, vocab_size=256, bf16=False, warmup=1,
+                    steps=2, matmul_n=256, device="cpu")
+        base.update(overrides)
+        return cls(**base)
+
+    @property
+    def shape(self):
+        from megatron_csl.model import ModelShape
+
+        return ModelShape(self.num_layers, self.hidden_size, self.num_attention_heads,
+                          self.ffn_hidden_size)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.micro_batch_size * self.seq_length
+
+
+@dataclasses.dataclass
+class StepResult:
+    compression: str
+    attention: str
+    step_s: Optional[float] = None       # median seconds per training step
+    tokens_per_s: Optional[float] = None
+    mfu: Optional[float] = None
+    ratio: Optional[float] = None        # step time / dense step time (same attention)
+    peak_memory_gb: Optional[float] = None
+    kernels: str = ""                    # which parts ran on Triton kernels
+    error: Optional[str] = None          # e.g. "out of memory"
+
+
+def init_single_process(device: torch.device, seed: int = 1234) -> None:
+    """A world of one: process group (NCCL on a GPU, gloo on a CPU) and megatron parallel state."""
+    import torch.distributed as dist
+
+    if device.type == "cpu":
+        from megatron_csl.compat import initialize_cpu_parallel
+
+        initialize_cpu_parallel(1, 1, seed=seed)
+        return
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+    torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        fd, path = tempfile.mkstemp(prefix="mcsl_bench_pg_")
+        os.close(fd)
+        os.unlink(path)
+        dist.init_process_group("nccl", init_method=f"file://{path}", rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(1, 1)
+    torch.manual_seed(seed)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def _loss_func(output_tensor):
+    loss = output_tensor.float().mean()
+    return loss, {"lm loss": loss.detach().clone()}
+
+
+def build_training_step(compression: str, cfg: StepBenchConfig, device: torch.device):
+    """(step() running one optimizer step, objects to free afterwards)."""
+    from megatron.core.distributed import (DistributedDataParallel,
+                                           DistributedDataParallelConfig, finalize_model_grads)
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    from megatron_csl.model import build_gpt_model, llama_transformer_config
+
+    config = llama_transformer_config(cfg.shape, bf16=cfg.bf16)
+    model = build_gpt_model(config, vocab_size=cfg.vocab_size, seq_length=cfg.seq_length,
+                            compression=compression, attention=cfg.attention)
+    model.to(device)
+    if cfg.bf16:
+        from megatron.core.transformer.module import Float16Module
+
+        model = Float16Module(config, model)
+    model = DistributedDataParallel(
+        config=config, module=model,
+        ddp_config=DistributedDataParallelConfig(grad_reduce_in_fp32=True,
+                                                 overlap_grad_reduce=False,
+                                                 use_distributed_optimizer=False))
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=1e-4, weight_decay=0.1, clip_grad=1.0,
+                        bf16=cfg.bf16,
+                        params_dtype=torch.bfloat16 if cfg.bf16 else torch.float32),
+        [model])
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = model.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (cfg.micro_batch_size, cfg.seq_length + 1),
+                           generator=gen).to(device)
+    inputs, labels = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+    positions = torch.arange(cfg.seq_length, device=device).expand_as(inputs)
+    forward_backward = get_forward_backward_func()
+
+    def forward_step(data_iterator, model_chunk):
+        next(data_iterator)
+        output = model_chunk(inputs, positions, None, labels=labels)
+        return output, _loss_func
+
+    def step():
+        model.zero_grad_buffer()
+        optimizer.zero_grad()
+        forward_backward(forward_step_func=forward_step, data_iterator=iter([None]),
+                         model=[model], num_microbatches=1, seq_length=cfg.seq_length,
+                         micro_batch_size=cfg.micro_batch_size, forward_only=False)
+        optimizer.step()
+
+    return step, (model, optimizer)
+
+
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def bench_format(compression: str, cfg: StepBenchConfig, device: torch.device,
+                 rate: float) -> StepResult:
+    from megatron_csl import kernels
+    from megatron_csl.compression import parse_spec
+
+    spec = parse_spec(compression)
+    result = StepResult(compression=spec.canonical, attention=cfg.attention,
+                        kernels=_kernel_summary(spec, cfg, device))
+    step = objects = None
+    try:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        with kernels.use_kernels(cfg.kernels):
+            step, objects = build_training_step(compression, cfg, device)
+            times = time_calls(step, device, warmup=cfg.warmup, iters=cfg.steps)
+        result.step_s = statistics.median(times)
+        result.tokens_per_s = cfg.tokens_per_step / result.step_s
+        flops = step_flops(cfg.shape, cfg.vocab_size, cfg.seq_length, cfg.tokens_per_step)
+        result.mfu = mfu(flops, result.step_s, rate)
+        if device.type == "cuda":
+            result.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    except ValueError as err:  # a format that does not fit the shape (LayoutError, SpecError)
+        result.error = f"does not fit: {err}"
+    except Exception as err:  # one format failing (OOM) must not lose the others' figures
+        if not _is_oom(err):
+            raise
+        result.error = "out of memory"
+    finally:
+        del step, objects
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return result
+
+
+def _kernel_summary(spec, cfg: StepBenchConfig, device: torch.device) -> str:
+    from megatron_csl import kernels
+
+    if spec.is_dense:
+        return "-"
+    if not cfg.kernels:
+        return f"reference ({kernels.ENV_VAR} off)"
+    if device.type != "cuda":
+        return "reference (CPU)"
+    if not kernels.triton_available():
+        return "reference (no triton)"
+    # The widest linear of the block: fc2's input is the FFN dimension.
+    return kernels.describe(spec, (cfg.hidden_size, cfg.ffn_hidden_size))
+
+
+def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepBenchConfig,
+                   progress: Callable[[str], None] = print):
+    """Results for every (attention, format) and the measured matmul rate (FLOP/s)."""
+    device = torch.device(cfg.device)
+    init_single_process(device)
+    dtype = torch.bfloat16 if cfg.bf16 else torch.float32
+    progress(f"measuring the {str(dtype).replace('torch.', '')} matmul rate "
+             f"({cfg.matmul_n}^3) ...")
+    rate = matmul_rate(device, dtype, cfg.matmul_n)
+    results = []
+    for attention in attentions:
+        run_cfg = dataclasses.replace(cfg, attention=attention)
+        dense_s = None
+        for fmt in formats:
+            progress(f"[{attention}] {fmt} ...")
+            result = bench_format(fmt, run_cfg, device, rate)
+            if result.compression == "dense" and result.step_s is not None:
+                dense_s = result.step_s
+            if dense_s is not None and result.step_s is not None:
+                result.ratio = result.step_s / dense_s
+            results.append(result)
+    return results, rate
+
+
+def format_step_table(results, cfg: StepBenchConfig, rate: float) -> str:
+    from tabulate import tabulate
+
+    dtype = "bf16" if cfg.bf16 else "fp32"
+    head = (f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads}"
+            f" heads, FFN {cfg.ffn_hidden_size}, vocab {cfg.vocab_size}; seq {cfg.seq_length}, "
+            f"micro-batch {cfg.micro_batch_size}, {dtype}, device {cfg.device}; "
+            f"{dtype} matmul {format_rate(rate)} measured ({cfg.matmul_n}^3); "
+            f"median of {cfg.steps} steps after {cfg.warmup} warm-up")
+    rows = []
+    for r in results:
+        if r.error:
+            rows.append([r.attention, r.compression, r.error, "", "", "", "", r.kernels])
+            continue
+        rows.append([r.attention, r.compression, f"{r.step_s * 1e3:.1f}",
+                     f"{r.tokens_per_s:,.0f}", f"{100 * r.mfu:.1f}%",
+                     "" if r.ratio is None else f"{r.ratio:.2f}x",
+                     "" if r.peak_memory_gb is None else f"{r.peak_memory_gb:.1f}", r.kernels])
+    table = tabulate(rows, headers=["attention", "format", "step ms", "tokens/s", "MFU",
+                                    "vs dense", "peak GB", "kernels"])
+    return head + "\n" + table
+
+
+def format_rate(flops_per_s: float) -> str:
+    if flops_per_s >= 1e12:
+        return f"{flops_per_s / 1e12:.1f} TFLOP/s"
+    return f"{flops_per_s / 1e9:.1f} GFLOP/s"
+
+
+def results_as_dicts(results, cfg: StepBenchConfig, rate: float) -> dict:
+    return {"config": dataclasses.asdict(cfg), "matmul_flops_per_s": rate,
+            "results": [dataclasses.asdict(r) for r in results]}

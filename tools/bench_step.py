@@ -1,0 +1,109 @@
+#!/usr/bin/env python3
+"""Training-step benchmark: step time, tokens/s and MFU of dense and compressed formats.
+
+    python tools/bench_step.py                      # the issue's table on a GPU (308M Llama, bf16)
+    python tools/bench_step.py --attention megatron,sdpa --micro-batch 2 --formats dense,w4
+    python tools/bench_step.py --cpu-smoke          # tiny shapes on a CPU (exercises the code)
+
+See docs/performance.md. The library code is megatron_csl.kernels.bench.step.
+"""
+import argparse
+import json
+import os
+import sys
+import warnings
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+
+def _csv(text):
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--formats", type=_csv, default=None,
+                   help="comma-separated compression specs (default: dense,w4,w4a4,w2a2,s50,"
+                        "s50:tensor,s50:nm2/4,s50:nm64/128,s50+w4,fp8)")
+    p.add_argument("--attention", type=_csv, default=None,
+                   help="core attention(s), comma-separated: sdpa (flash attention via "
+                        "torch SDPA) and/or megatron (megatron's DotProductAttention) "
+                        "(default: sdpa)")
+    p.add_argument("--layers", type=int, help="number of layers (default 24; smoke 2)")
+    p.add_argument("--hidden", type=int, help="hidden size (default 1024; smoke 128)")
+    p.add_argument("--heads", type=int, help="attention heads (default 16; smoke 4)")
+    p.add_argument("--ffn", type=int, help="FFN hidden size (default 2816; smoke 384)")
+    p.add_argument("--seq", type=int, help="sequence length (default 2048; smoke 64)")
+    p.add_argument("--micro-batch", type=int, help="micro-batch size (default 8; smoke 2)")
+    p.add_argument("--vocab", type=int, help="vocabulary size (default 32000; smoke 256)")
+    p.add_argument("--steps", type=int, help="timed steps (default 10; smoke 2)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up steps (default 3; smoke 1)")
+    p.add_argument("--matmul-n", type=int,
+                   help="size of the n^3 matmul that measures the FLOP rate (default 8192)")
+    p.add_argument("--fp32", action="store_true", help="fp32 instead of bf16 (always on CPU)")
+    p.add_argument("--no-kernels", action="store_true",
+                   help="run the compression formats on the PyTorch reference, not Triton")
+    p.add_argument("--cpu-smoke", action="store_true",
+                   help="tiny model on the CPU, fp32 (checks that everything runs)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
+    args = p.parse_args(argv)
+    for name in ("layers", "hidden", "heads", "ffn", "seq", "micro_batch", "vocab", "steps",
+                 "matmul_n"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    if args.warmup is not None and args.warmup < 0:
+        p.error(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import torch
+
+    from megatron_csl.compression import SpecError, parse_spec
+    from megatron_csl.kernels.bench import step as bench
+
+    formats = args.formats or list(bench.DEFAULT_FORMATS)
+    attentions = args.attention or ["sdpa"]
+    try:
+        for fmt in formats:
+            parse_spec(fmt)
+    except SpecError as err:
+        print(f"error: --formats: {err}", file=sys.stderr)
+        return 2
+    bad = [a for a in attentions if a not in ("sdpa", "megatron")]
+    if bad:
+        print(f"error: --attention must be sdpa and/or megatron, got {bad[0]!r}", file=sys.stderr)
+        return 2
+    cuda = torch.cuda.is_available() and not args.cpu_smoke
+    if not cuda and not args.cpu_smoke:
+        print("no CUDA device: running the CPU smoke configuration (use --cpu-smoke to say so)",
+              file=sys.stderr)
+    overrides = {k: v for k, v in dict(
+        num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
+        ffn_hidden_size=args.ffn, seq_length=args.seq, micro_batch_size=args.micro_batch,
+        vocab_size=args.vocab, steps=args.steps, warmup=args.warmup,
+        matmul_n=args.matmul_n).items() if v is not None}
+    overrides["kernels"] = not args.no_kernels
+    if cuda:
+        overrides["bf16"] = not args.fp32
+        cfg = bench.StepBenchConfig(**overrides)
+    else:
+        cfg = bench.StepBenchConfig.cpu_smoke(**overrides)
+    warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
+    results, rate = bench.run_step_bench(formats, attentions, cfg,
+                                         progress=lambda m: print(m, file=sys.stderr,
+                                                                  flush=True))
+    print(bench.format_step_table(results, cfg, rate))
+    if args.json:
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(bench.results_as_dicts(results, cfg, rate), f, indent=1)
+        os.replace(tmp, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
