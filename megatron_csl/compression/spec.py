@@ -117,6 +117,10 @@ class CompressionSpec:
             raise SpecError(f"{self.canonical}: compress_weight expects a 2-D weight [out, in], "
                             f"got shape {tuple(w.shape)}")
         self.validate_shape(w.shape[0], w.shape[1])
+        if w.is_cuda:  # Triton kernels, same numerics; None where they do not cover the format
+            fast = _fast_path().compress_weight(self, w, shard)
+            if fast is not None:
+                return fast
         x = w.float()
         keep = sparse_grad = None
         if self.sparsity_format is not None:
@@ -137,9 +141,20 @@ class CompressionSpec:
                 raise SpecError(
                     f"{self.canonical}: option '{option}' needs the activation's last dimension "
                     f"to be a multiple of {size}, but it is {x.shape[-1]}")
+        if x.is_cuda:  # see compress_weight
+            fast = _fast_path().quantize_activation(self, x, shard)
+            if fast is not None:
+                return fast
         x2 = x.reshape(-1, x.shape[-1]).float()
         out = fake_quantize(self.activation, x2, shard.activation_group(), None)
         return out.reshape(x.shape).to(x.dtype)
+
+
+def _fast_path():
+    """megatron_csl.kernels, imported on the first CUDA tensor (never on CPU-only runs)."""
+    from megatron_csl import kernels
+
+    return kernels
 
 
 def _token(head: str, options: list[str]) -> str:
