@@ -42,7 +42,7 @@ class DemoSettings:
 
 
 CPU = DemoSettings(sweep_file="launch/sweeps/demo.yaml", train_shards=2, docs_per_shard=6000,
-                   vocab_size=512, tokenizer_sample_docs=3000, parallel_runs=2, bootstrap=1000)
+                   vocab_size=512, tokenizer_sample_docs=3000, parallel_runs=4, bootstrap=1000)
 GPU = DemoSettings(sweep_file="launch/sweeps/demo_gpu.yaml", train_shards=8, docs_per_shard=40000,
                    vocab_size=4096, tokenizer_sample_docs=20000, parallel_runs=1, bootstrap=1000)
 
@@ -58,6 +58,11 @@ class Demo:
         self.python = python
         self.step_no = 0
         self.n_steps = 6
+        # megatron-core warns at import that TE/apex are absent; expected on a CPU, so keep the
+        # demo's output readable.
+        self.env = dict(os.environ)
+        self.env.setdefault("PYTHONWARNINGS",
+                            "ignore:Transformer Engine and Apex are not installed")
 
     # -- helpers -------------------------------------------------------------------------
     def _header(self, title: str) -> None:
@@ -68,7 +73,7 @@ class Demo:
         shown = " ".join(shlex.quote(str(a)) for a in argv)
         _say(f"$ {shown}")
         t0 = time.time()
-        proc = subprocess.run([str(a) for a in argv], cwd=cwd or REPO, text=True,
+        proc = subprocess.run([str(a) for a in argv], cwd=cwd or REPO, text=True, env=self.env,
                               stdout=subprocess.PIPE if capture else None)
         if proc.returncode != 0:
             raise SystemExit(f"demo: step failed (exit {proc.returncode}): {shown}")

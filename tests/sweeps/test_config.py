@@ -44,7 +44,10 @@ def test_shipped_sweeps_load_and_expand():
         if path.stem == "chinchilla_2x":
             assert sweep.tokens_per_param == [40.0]
     demo = load_sweep(REPO / "launch" / "sweeps" / "demo.yaml")
-    assert demo.cluster.name == "local" and demo.data.mock
+    # The demo trains on the synthetic C4 that tools/demo.py tokenizes (issue 9): dense, w4, w2
+    # and s50 at 20 tokens per parameter, on the local profile.
+    assert demo.cluster.name == "local" and not demo.data.mock
+    assert set(demo.formats) == {"dense", "w4", "w2", "s50"} and demo.tokens_per_param == [20.0]
 
 
 def test_expansion_order_names_and_budget(write_sweep):
