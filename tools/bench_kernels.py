@@ -46,12 +46,9 @@ def main(argv=None):
     args = parse_args(argv)
     import torch
 
-    cuda = torch.cuda.is_available() and not args.cpu_smoke
-    if not cuda:
-        # Kernels on CPU tensors need Triton's interpreter, chosen before the kernels compile.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
     from megatron_csl.kernels.bench import kernels as bench
 
+    cuda = torch.cuda.is_available() and not args.cpu_smoke
     try:
         weight_shapes = [bench.parse_shape(s) for s in
                          (args.weight_shapes or (["11008x4096", "2816x1024"] if cuda
@@ -75,6 +72,9 @@ def main(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             print(f"error: --{name.replace('_', '-')} must be >= 1", file=sys.stderr)
             return 2
+    if not cuda:
+        # Kernels on CPU tensors need Triton's interpreter, chosen before the kernels compile.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[
         args.dtype or ("bf16" if cuda else "fp32")]
     device = torch.device("cuda" if cuda else "cpu")

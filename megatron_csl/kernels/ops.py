@@ -178,8 +178,9 @@ def segment_topk(x: torch.Tensor, seg_len: int, keep_count: int, *, values: bool
 
 def tensor_topk(x: torch.Tensor, keep_count: int, *, values: bool = False):
     """Keep the `keep_count` largest |x| of the whole tensor (flattened, row-major), ties to the
-    lowest flat index: radix select on the float bits, 8 bits per pass (4 histogram passes),
-    then one pass counting ties per block and one writing the mask. No sort, no host sync.
+    lowest flat index: radix select on the float bits, 8 bits per pass (4 histogram passes,
+    each followed by a one-program select), then one pass counting ties per block and one
+    writing the mask: 10 kernel launches and a cumsum, no sort, no host sync.
     Returns (keep bool, x * keep or None)."""
     k = _kernels()
     x = x.contiguous()
@@ -190,17 +191,11 @@ def tensor_topk(x: torch.Tensor, keep_count: int, *, values: bool = False):
     blocks = triton_cdiv(n, TENSOR_BLOCK)
     prefix = torch.zeros((), dtype=torch.int32, device=dev)
     remaining = torch.full((), keep_count, dtype=torch.int64, device=dev)
-    digits = torch.arange(256, dtype=torch.int32, device=dev)
+    hist = torch.zeros(512, dtype=torch.int32, device=dev)  # cleared by each select
     for shift in (24, 16, 8, 0):
-        hist = torch.zeros(512, dtype=torch.int32, device=dev)
         k.radix_histogram_kernel[(blocks,)](x, n, prefix, hist, SHIFT=shift,
                                             BLOCK=TENSOR_BLOCK, **_EXACT)
-        counts = hist[:256].to(torch.int64)
-        at_least = counts.flip(0).cumsum(0).flip(0)   # #(digit >= d) in the bucket
-        digit = (at_least >= remaining).sum() - 1     # the largest d with enough elements
-        above = at_least.gather(0, digit.view(1))[0] - counts.gather(0, digit.view(1))[0]
-        remaining = remaining - above
-        prefix = prefix | (digits.gather(0, digit.view(1))[0] << shift)
+        k.radix_select_kernel[(1,)](hist, prefix, remaining, SHIFT=shift, **_EXACT)
     tie_counts = torch.empty(blocks, dtype=torch.int64, device=dev)
     k.tie_count_kernel[(blocks,)](x, n, prefix, tie_counts, BLOCK=TENSOR_BLOCK, **_EXACT)
     offsets = tie_counts.cumsum(0) - tie_counts

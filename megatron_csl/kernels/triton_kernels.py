@@ -236,6 +236,22 @@ def radix_histogram_kernel(x_ptr, n, prefix_ptr, hist_ptr, SHIFT: tl.constexpr,
 
 
 @triton.jit
+def radix_select_kernel(hist_ptr, prefix_ptr, remaining_ptr, SHIFT: tl.constexpr):
+    """One program: pick the digit at SHIFT that holds the remaining-th largest element of the
+    bucket, narrow *prefix to it, subtract the elements above it from *remaining, and clear the
+    histogram for the next pass (all on the device: no host sync, one launch)."""
+    digits = tl.arange(0, 256)
+    counts = tl.load(hist_ptr + digits).to(tl.int64)
+    at_least = tl.associative_scan(counts, 0, _add, reverse=True)  # #(digit >= d)
+    remaining = tl.load(remaining_ptr)
+    digit = tl.reduce((at_least >= remaining).to(tl.int32), 0, _add) - 1
+    above = tl.reduce(tl.where(digits == digit, at_least - counts, 0), 0, _add)
+    tl.store(remaining_ptr, remaining - above)
+    tl.store(prefix_ptr, tl.load(prefix_ptr) | (digit << SHIFT))
+    tl.store(hist_ptr + tl.arange(0, 512), tl.full([512], 0, tl.int32))
+
+
+@triton.jit
 def tie_count_kernel(x_ptr, n, threshold_ptr, counts_ptr, BLOCK: tl.constexpr):
     """counts[block] = #{i in block : |x_i| bits == threshold}."""
     pid = tl.program_id(0)

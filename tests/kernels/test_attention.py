@@ -1,8 +1,11 @@
-"""SDPAttention equals megatron's DotProductAttention (fp32) in the layer and in the model."""
+"""SDPAttention equals megatron's DotProductAttention (fp32) in the layer and in the model
+(on the CPU, or on the GPU when there is one)."""
 import pytest
 import torch
 
 from megatron_csl.model import ModelShape
+
+from .conftest import DEVICE
 
 SHAPE = ModelShape(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128)
 SHAPE_GQA = ModelShape(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128,
@@ -14,9 +17,11 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp(min=1e-30))
 
 
-def loss_and_grads(model, batch=2, seq=32, vocab=128):
+def loss_and_grads(model, batch=2, seq=32, vocab=128, device=torch.device("cpu")):
     tokens = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(0))
-    loss = model(tokens, torch.arange(seq).expand(batch, seq), None, labels=tokens).mean()
+    tokens = tokens.to(device)
+    positions = torch.arange(seq, device=device).expand(batch, seq)
+    loss = model(tokens, positions, None, labels=tokens).mean()
     loss.backward()
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
@@ -28,7 +33,8 @@ def _modules(shape, **overrides):
     from megatron_csl.layers.attention import SDPAttention
     from megatron_csl.model import llama_transformer_config
 
-    config = llama_transformer_config(shape, **overrides)
+    config = llama_transformer_config(shape, use_cpu_initialization=DEVICE.type == "cpu",
+                                      **overrides)
     kwargs = dict(config=config, layer_number=1, attn_mask_type=AttnMaskType.causal,
                   attention_type="self")
     return DotProductAttention(**kwargs), SDPAttention(**kwargs)
@@ -36,10 +42,8 @@ def _modules(shape, **overrides):
 
 def _qkv(s=16, b=3, heads=4, groups=4, d=16, seed=0):
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(s, b, heads, d, generator=g, requires_grad=True)
-    k = torch.randn(s, b, groups, d, generator=g, requires_grad=True)
-    v = torch.randn(s, b, groups, d, generator=g, requires_grad=True)
-    return q, k, v
+    return tuple(torch.randn(s, b, n, d, generator=g).to(DEVICE).requires_grad_(True)
+                 for n in (heads, groups, groups))
 
 
 def _compare(megatron, sdpa, mask, *, groups=4, s=16, mask_type=None):
@@ -48,7 +52,7 @@ def _compare(megatron, sdpa, mask, *, groups=4, s=16, mask_type=None):
         q, k, v = _qkv(s=s, groups=groups)
         kwargs = {} if mask_type is None else {"attn_mask_type": mask_type}
         out = module(q, k, v, mask, **kwargs)
-        up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+        up = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(DEVICE)
         (out * up).sum().backward()
         outs.append(out.detach())
         grads.append((q.grad, k.grad, v.grad))
@@ -69,7 +73,7 @@ def test_gqa(megatron_cpu):
 
 def test_explicit_causal_mask_takes_the_fast_path(megatron_cpu, monkeypatch):
     megatron, sdpa = _modules(SHAPE)
-    causal = torch.ones(16, 16, dtype=torch.bool).triu(1)[None, None]
+    causal = torch.ones(16, 16, dtype=torch.bool, device=DEVICE).triu(1)[None, None]
     _compare(megatron, sdpa, causal)
     assert sdpa._sdpa_mask(causal, sdpa.attn_mask_type, 16, 16) == (True, None)
     # the comparison with the causal mask runs once per mask object
@@ -84,7 +88,7 @@ def test_padding_mask_is_passed_to_sdpa(megatron_cpu):
 
     megatron, sdpa = _modules(SHAPE)
     g = torch.Generator().manual_seed(4)
-    mask = torch.rand(3, 1, 16, 16, generator=g) < 0.3
+    mask = (torch.rand(3, 1, 16, 16, generator=g) < 0.3).to(DEVICE)
     mask[..., 0] = False  # every query sees at least one key (megatron and SDPA differ otherwise)
     is_causal, sdpa_mask = sdpa._sdpa_mask(mask, AttnMaskType.padding, 16, 16)
     assert not is_causal and torch.equal(sdpa_mask, ~mask)
@@ -108,7 +112,7 @@ def test_unsupported_settings(megatron_cpu):
     _, sdpa = _modules(SHAPE)
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="attention_mask must be boolean"):
-        sdpa(q, k, v, torch.zeros(1, 1, 16, 16))
+        sdpa(q, k, v, torch.zeros(1, 1, 16, 16, device=DEVICE))
     with pytest.raises(ValueError, match="packed sequences"):
         sdpa(q, k, v, None, packed_seq_params=object())
     with pytest.raises(ValueError, match="sq=16, sk=8"):
@@ -120,13 +124,17 @@ def test_unsupported_settings(megatron_cpu):
 def test_model_loss_and_gradients_match(megatron_cpu, shape, compression):
     from megatron_csl.model import build_gpt_model, llama_transformer_config
 
-    config = llama_transformer_config(shape)
+    config = llama_transformer_config(shape, use_cpu_initialization=DEVICE.type == "cpu")
     results = {}
     for attention in ("megatron", "sdpa"):
         torch.manual_seed(7)
+        if DEVICE.type == "cuda":
+            from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
+
+            model_parallel_cuda_manual_seed(7)
         model = build_gpt_model(config, vocab_size=128, seq_length=32, compression=compression,
-                                attention=attention)
-        results[attention] = (model, *loss_and_grads(model))
+                                attention=attention).to(DEVICE)
+        results[attention] = (model, *loss_and_grads(model, device=DEVICE))
     (m_model, m_loss, m_grads), (s_model, s_loss, s_grads) = results["megatron"], results["sdpa"]
     for (n1, p1), (n2, p2) in zip(m_model.named_parameters(), s_model.named_parameters()):
         assert n1 == n2 and torch.equal(p1, p2)  # same checkpoint layout, same weights
@@ -153,6 +161,7 @@ def test_spec_options(megatron_cpu):
         compressed_layer_spec("dense", attention="flash")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="gloo/CPU test (GPU machines: test_gpu.py)")
 def test_tensor_parallel_two_ranks():
     from megatron_csl.compat import run_ranks
 

@@ -1,4 +1,5 @@
 """The benchmark tools run end to end (CPU smoke shapes) and compute MFU as the issue defines it."""
+import importlib.util
 import json
 import os
 import subprocess
@@ -53,10 +54,22 @@ def test_bench_step_cpu_smoke(tmp_path):
     assert data["matmul_flops_per_s"] > 0 and not out.with_suffix(".json.tmp").exists()
 
 
-def test_bench_step_rejects_bad_format():
-    proc = _run("bench_step.py", "--cpu-smoke", "--formats", "dense,w9", timeout=120)
-    assert proc.returncode == 2
-    assert "--formats" in proc.stderr and "weight bits must be one of" in proc.stderr
+def _tool(name):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_step_rejects_bad_input(capsys):
+    assert _tool("bench_step").main(["--cpu-smoke", "--formats", "dense,w9"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --formats: invalid compression spec 'w9': weight bits must be one of" in err
+    assert _tool("bench_step").main(["--attention", "flash"]) == 2
+    assert "--attention must be sdpa and/or megatron, got 'flash'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _tool("bench_step").main(["--seq", "0"])
+    assert "--seq must be >= 1, got 0" in capsys.readouterr().err
 
 
 def test_bench_kernels_cpu_smoke(tmp_path):
@@ -71,6 +84,21 @@ def test_bench_kernels_cpu_smoke(tmp_path):
     assert all(r["equal"] is True and r["kernel_s"] > 0 for r in rows)
 
 
-def test_bench_kernels_rejects_unknown_case():
-    proc = _run("bench_kernels.py", "--cpu-smoke", "--only", "w5", timeout=120)
-    assert proc.returncode == 2 and "unknown case 'w5'" in proc.stderr
+def test_bench_kernels_rejects_bad_input(capsys):
+    tool = _tool("bench_kernels")
+    assert tool.main(["--cpu-smoke", "--only", "w5"]) == 2
+    assert "unknown case 'w5'; valid: a4, a8, s50," in capsys.readouterr().err
+    assert tool.main(["--cpu-smoke", "--weight-shapes", "64by256"]) == 2
+    assert "shape must look like ROWSxCOLS" in capsys.readouterr().err
+    assert "TRITON_INTERPRET" not in os.environ or os.environ["TRITON_INTERPRET"] != "1"
+
+
+def test_interleaved_attention_comparison(megatron_cpu):
+    import torch
+
+    from megatron_csl.kernels.bench.attention import compare_attention
+
+    times = compare_attention(ModelShape(1, 32, 2, 64), seq_length=16, micro_batch=2, steps=3,
+                              warmup=1, device=torch.device("cpu"))
+    assert sorted(times) == ["megatron", "sdpa"]
+    assert all(len(t) == 3 and min(t) > 0 for t in times.values())

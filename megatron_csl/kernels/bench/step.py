@@ -82,8 +82,9 @@ def init_single_process(device: torch.device, seed: int = 1234) -> None:
     import torch.distributed as dist
 
     if device.type == "cpu":
-        from megatron_csl.compat import initialize_cpu_parallel
+        from megatron_csl.compat import apply_cpu_compat, initialize_cpu_parallel
 
+        apply_cpu_compat(force=True)  # also on a GPU machine asked for a CPU run
         initialize_cpu_parallel(1, 1, seed=seed)
         return
     from megatron.core import parallel_state
@@ -115,7 +116,8 @@ def build_training_step(compression: str, cfg: StepBenchConfig, device: torch.de
 
     from megatron_csl.model import build_gpt_model, llama_transformer_config
 
-    config = llama_transformer_config(cfg.shape, bf16=cfg.bf16)
+    config = llama_transformer_config(cfg.shape, bf16=cfg.bf16,
+                                      use_cpu_initialization=device.type == "cpu")
     model = build_gpt_model(config, vocab_size=cfg.vocab_size, seq_length=cfg.seq_length,
                             compression=compression, attention=cfg.attention)
     model.to(device)
