@@ -144,7 +144,7 @@ class Demo:
         fit_dir.mkdir(parents=True, exist_ok=True)
         fit_json = fit_dir / "fit.json"
         self._run(self._tool("tools/fit_laws.py") + [
-            self.out / "runs", "--bootstrap", self.s.bootstrap, "--seed", 0,
+            self.out / "runs", "--bootstrap", self.s.bootstrap, "--bootstrap-unit", "size", "--seed", 0,
             "--json", fit_json, "--markdown", fit_dir / "report.md", "--plot-dir", fit_dir])
         return json.loads(fit_json.read_text())
 

@@ -1,8 +1,16 @@
 """Bootstrap over runs: percentile intervals for every parameter and every EPM.
 
-Resampling is stratified by format: each resample draws, within every format, as many runs as the
-format has, with replacement. A plain resample over all runs would now and then leave a format with
-no runs at all, and its EPM would then stay wherever the optimiser started.
+Two resampling units:
+
+- ``run`` (default): stratified by format: each resample draws, within every format, as many runs as
+  the format has, with replacement. A plain resample over all runs would now and then leave a
+  format with no runs at all, and its EPM would then stay wherever the optimiser started.
+- ``size``: paired by model size: each resample draws whole (N, D) points of the sweep with
+  replacement and takes every format's run at each drawn point. A sweep trains every format at the
+  same sizes, and an EPM is a comparison at equal size; the paired bootstrap keeps that pairing,
+  so a size that trained unusually well or badly moves all formats together instead of being
+  compared against another format's different sizes. Use it when every format shares the sizes
+  (the shipped sweeps do); it is the cluster bootstrap of a paired design.
 
 A resample is a re-weighting of the runs (weight = how often a run was drawn), so the problem's
 arrays are never copied. Every resample is fitted with L-BFGS-B warm-started from the full-data
@@ -47,6 +55,7 @@ class BootstrapResult:
     params: dict                     # name -> Interval (value = full-data fit)
     epm: dict                        # format -> Interval
     extra_starts: int
+    unit: str = "run"                # "run" (stratified by format) or "size" (paired)
 
 
 def resample_weights(fmt: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -59,6 +68,28 @@ def resample_weights(fmt: np.ndarray, n_resamples: int, rng: np.random.Generator
         draws = rng.integers(0, len(members), size=(n_resamples, len(members)))
         np.add.at(weights, (rows, members[draws]), 1.0)
     return weights
+
+
+def resample_weights_paired(group: np.ndarray, n_resamples: int,
+                            rng: np.random.Generator) -> np.ndarray:
+    """[n_resamples, n_runs] multiplicities of a bootstrap over groups (cluster bootstrap): each
+    resample draws as many groups as there are, with replacement, and every run of a drawn group
+    counts once per draw."""
+    labels, index = np.unique(group, return_inverse=True)
+    draws = rng.integers(0, len(labels), size=(n_resamples, len(labels)))
+    counts = np.zeros((n_resamples, len(labels)))
+    np.add.at(counts, (np.arange(n_resamples)[:, None], draws), 1.0)
+    return counts[:, index]
+
+
+def size_groups(problem) -> np.ndarray:
+    """One label per run: its (N, D) point, the unit of the paired bootstrap."""
+    keys = np.round(np.stack([problem.log_n, problem.log_d], axis=1), 9)
+    _, labels = np.unique(keys, axis=0, return_inverse=True)
+    return labels.reshape(-1)
+
+
+BOOTSTRAP_UNITS = ("run", "size")
 
 
 def warm_starts(result: FitResult, extra_starts: int, competitive: float = COMPETITIVE):
@@ -82,7 +113,10 @@ def percentile_interval(samples: np.ndarray, value: float, level: float) -> Inte
 
 def bootstrap_fit(result: FitResult, n_resamples: int = 1000, seed: int = 0, *,
                   workers: int = 1, extra_starts: int = 2, level: float = 0.95,
-                  options: FitOptions | None = None, progress: bool = False) -> BootstrapResult:
+                  options: FitOptions | None = None, progress: bool = False,
+                  unit: str = "run") -> BootstrapResult:
+    if unit not in BOOTSTRAP_UNITS:
+        raise ValueError(f"bootstrap unit must be one of {', '.join(BOOTSTRAP_UNITS)}, got {unit!r}")
     if n_resamples < 2:
         raise ValueError(f"--bootstrap needs at least 2 resamples, got {n_resamples}")
     if not 0.0 < level < 1.0:
@@ -90,7 +124,10 @@ def bootstrap_fit(result: FitResult, n_resamples: int = 1000, seed: int = 0, *,
     options = options or FitOptions()
     problem = result.problem
     rng = np.random.default_rng(seed)
-    weights = resample_weights(problem.fmt, n_resamples, rng)
+    if unit == "size":
+        weights = resample_weights_paired(size_groups(problem), n_resamples, rng)
+    else:
+        weights = resample_weights(problem.fmt, n_resamples, rng)
     starts = np.array(warm_starts(result, extra_starts))
     with FitPool(problem, options, workers, progress) as pool:
         fits = pool.resample(weights, starts)
@@ -103,4 +140,4 @@ def bootstrap_fit(result: FitResult, n_resamples: int = 1000, seed: int = 0, *,
     epm_samples = [problem.law.epm(t[n_base:]) for t in thetas]
     epm = {f: percentile_interval(np.array([e[f] for e in epm_samples]), result.epm[f], level)
            for f in result.formats}
-    return BootstrapResult(n_resamples, seed, level, thetas, params, epm, extra_starts)
+    return BootstrapResult(n_resamples, seed, level, thetas, params, epm, extra_starts, unit)

@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
                    help="bootstrap resamples over runs for 95%% intervals (0 = none; default 1000)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="bootstrap seed (default 0)")
+    p.add_argument("--bootstrap-unit", choices=("run", "size"), default="run",
+                   help="resample runs within each format (run, default) or whole model sizes with "
+                        "every format's run at that size (size: the paired bootstrap for sweeps "
+                        "whose formats share their sizes)")
     p.add_argument("--json", metavar="OUT", help="write every number as JSON")
     p.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
     p.add_argument("--plot-dir", metavar="DIR",
@@ -114,7 +118,8 @@ def run(args) -> int:
     boot = None
     if args.bootstrap:
         boot = bootstrap_fit(result, args.bootstrap, args.seed, workers=workers,
-                             extra_starts=args.extra_starts, options=options, progress=progress)
+                             extra_starts=args.extra_starts, options=options, progress=progress,
+                             unit=args.bootstrap_unit)
     report = build_report(result, boot, skipped)
     if predictions:
         report["predictions"] = []

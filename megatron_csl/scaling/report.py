@@ -57,6 +57,7 @@ def build_report(result: FitResult, boot: BootstrapResult | None = None, skipped
         "skipped": [s.as_dict() for s in skipped],
         "bootstrap": None if boot is None else {
             "resamples": boot.n_resamples, "seed": boot.seed, "level": boot.level,
+            "unit": boot.unit,
             "extra_starts": boot.extra_starts, "stratified_by": "format",
         },
         "fitted": {"names": list(result.names), "theta": [float(t) for t in result.theta]},
@@ -116,7 +117,9 @@ def format_text(report: dict) -> str:
                  f"{report['rmse_log']:.4g}   runs: {report['n_points']}   starts: {report['n_starts']}")
     if report["bootstrap"]:
         b = report["bootstrap"]
-        lines.append(f"bootstrap: {b['resamples']} resamples over runs (stratified by format), seed {b['seed']}")
+        unit = ("whole model sizes (paired across formats)" if b.get("unit") == "size"
+                else "runs (stratified by format)")
+        lines.append(f"bootstrap: {b['resamples']} resamples over {unit}, seed {b['seed']}")
     lines.append("")
     lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
     lines.append("  ".join("-" * w for w in widths))

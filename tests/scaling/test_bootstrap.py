@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_csl.scaling.bootstrap import bootstrap_fit, resample_weights, warm_starts
+from megatron_csl.scaling.bootstrap import (bootstrap_fit, resample_weights,
+                                            resample_weights_paired, size_groups, warm_starts)
 from megatron_csl.scaling.fitting import FitOptions, fit_runs
 from megatron_csl.scaling.synthetic import SyntheticSweep
 
@@ -29,6 +30,22 @@ def test_resampling_draws_uniformly_within_a_format():
     np.testing.assert_allclose(w.mean(axis=0), 1.0, atol=0.03)
     # a run appears zero times with probability (1 - 1/n)^n
     np.testing.assert_allclose((w[:, 0] == 0).mean(), (3 / 4) ** 4, atol=0.01)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=40), st.integers(1, 20), st.integers(0, 2**31))
+def test_paired_resampling_takes_whole_groups(group, n_resamples, seed):
+    group = np.array(group)
+    w = resample_weights_paired(group, n_resamples, np.random.default_rng(seed))
+    assert w.shape == (n_resamples, len(group))
+    assert (w >= 0).all() and np.all(w == np.round(w))
+    for g in np.unique(group):
+        # every run of a group has the same multiplicity: a size is drawn with all its formats
+        members = w[:, group == g]
+        np.testing.assert_array_equal(members, np.repeat(members[:, :1], members.shape[1], axis=1))
+    # as many groups drawn as there are
+    first = np.array([np.flatnonzero(group == g)[0] for g in np.unique(group)])
+    np.testing.assert_array_equal(w[:, first].sum(axis=1), len(first))
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +121,24 @@ def test_intervals_cover_the_truth_at_the_nominal_rate_thorough():
     assert width < 0.15, width
 
 
+def test_paired_bootstrap_groups_runs_by_size_and_covers_the_truth(sweep_fit):
+    sweep, result = sweep_fit
+    groups = size_groups(result.problem)
+    runs = result.problem.runs
+    for g in np.unique(groups):
+        sizes = {(n, d) for n, d in zip(runs.N[groups == g], runs.D[groups == g])}
+        assert len(sizes) == 1
+    boot = bootstrap_fit(result, 60, seed=0, unit="size")
+    assert boot.unit == "size"
+    for f, true in sweep.epm:
+        assert boot.epm[f].lo <= boot.epm[f].value <= boot.epm[f].hi
+    assert boot.epm["dense"].lo == boot.epm["dense"].hi == 1.0
+
+
 def test_bad_bootstrap_arguments(sweep_fit):
     _, result = sweep_fit
+    with pytest.raises(ValueError, match="bootstrap unit must be one of run, size, got 'tokens'"):
+        bootstrap_fit(result, 10, unit="tokens")
     with pytest.raises(ValueError, match="at least 2 resamples, got 1"):
         bootstrap_fit(result, 1)
     with pytest.raises(ValueError, match=r"level must be in \(0, 1\), got 1.5"):
