@@ -30,7 +30,7 @@ import random
 from dataclasses import dataclass, field
 from typing import List, Sequence
 
-from megatron_csl.data.atomic import atomic_write_bytes
+from megatron_csl.atomic import atomic_write_bytes
 
 SPLITS = ("train", "validation")
 

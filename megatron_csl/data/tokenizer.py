@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, List, Optional, Sequence
 
 import sentencepiece as spm
 
-from megatron_csl.data.atomic import atomic_write_bytes, atomic_write_text
+from megatron_csl.atomic import atomic_write_bytes, atomic_write_text
 from megatron_csl.data.c4_shards import decode_batch, iter_line_batches
 
 MODEL_TYPES = ("bpe", "unigram")

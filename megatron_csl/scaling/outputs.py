@@ -5,27 +5,12 @@ An interrupted tool never leaves a half-written file that looks complete.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
 
-
-def _atomic(path, write, mode="w"):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+from megatron_csl.atomic import atomic_write_text, atomic_writer
 
 
 def write_text(path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text))
+    atomic_write_text(path, text)
 
 
 def write_json(path, obj) -> None:
@@ -33,4 +18,5 @@ def write_json(path, obj) -> None:
 
 
 def save_figure(fig, path) -> None:
-    _atomic(path, lambda f: fig.savefig(f, format="png", dpi=110), mode="wb")
+    with atomic_writer(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=110)

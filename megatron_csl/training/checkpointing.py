@@ -24,7 +24,7 @@ import torch
 
 from . import distributed as dist_utils
 from . import megatron_fixes
-from .rundir import atomic_write_text
+from megatron_csl.atomic import atomic_write_text
 
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "latest"

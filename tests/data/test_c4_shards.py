@@ -108,7 +108,7 @@ def test_any_json_encoded_text_decodes_back_exactly(text):
 
 
 def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
-    from megatron_csl.data.atomic import atomic_write_text
+    from megatron_csl.atomic import atomic_write_text
 
     target = tmp_path / "result.json"
     atomic_write_text(str(target), "{}")

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from megatron_csl.data.atomic import remove_if_exists, temporary_path_for
+from megatron_csl.atomic import remove_if_exists, temporary_path_for
 
 
 def dataset_prefix(output_prefix: str, json_key: str = "text") -> str:

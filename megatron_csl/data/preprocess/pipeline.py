@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Union
 
-from megatron_csl.data.atomic import atomic_write_json, read_json, remove_if_exists
+from megatron_csl.atomic import atomic_write_json, read_json, remove_if_exists
 from megatron_csl.data.c4_shards import count_lines, expand_inputs
 from megatron_csl.data.preprocess import output as out
 from megatron_csl.data.preprocess.plan import (

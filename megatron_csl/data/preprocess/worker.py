@@ -19,7 +19,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron_csl.data.atomic import atomic_write_json, remove_if_exists
+from megatron_csl.atomic import atomic_write_json, remove_if_exists
 from megatron_csl.data.c4_shards import (
     MalformedLineError, count_lines, decode_batch, iter_line_batches,
 )

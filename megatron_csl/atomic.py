@@ -1,16 +1,17 @@
 """Write files under a temporary name and rename them into place.
 
 An interrupted tool must never leave a half-written file that looks complete, so every output of
-the data tools goes through these helpers: the temporary name lives in the same directory (so the
-final ``os.replace`` is an atomic rename on one filesystem) and starts with a dot and ends in
-``.tmp`` (so it is obviously not a result).
+the package (data tools, run directories, fits and plots) goes through these helpers: the
+temporary name lives in the same directory (so the final ``os.replace`` is an atomic rename on one
+filesystem) and starts with a dot and ends in ``.tmp`` (so it is obviously not a result).
 """
 from __future__ import annotations
 
 import json
 import os
 import tempfile
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator, IO
 
 
 def _current_umask() -> int:
@@ -29,24 +30,32 @@ def temporary_path_for(path: str) -> str:
     would give (0666 minus the umask), so that renamed results are readable as usual.
     """
     directory, name = os.path.split(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)
     return tmp
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+@contextmanager
+def atomic_writer(path, mode: str = "wb") -> Iterator[IO]:
+    """A file object whose content appears at ``path`` only when the block ends without error."""
     tmp = temporary_path_for(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         remove_if_exists(tmp)
         raise
+
+
+def atomic_write_bytes(path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    with atomic_writer(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str, text: str) -> None:
