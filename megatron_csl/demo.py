@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from megatron_csl.atomic import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -153,7 +155,8 @@ class Demo:
         specs = list(fit["epm"])
         out = self._run(self._tool("tools/capacity.py") + specs + ["--json"], capture=True)
         predictions = {row["canonical"]: row for row in json.loads(out)}
-        (self.out / "fit" / "capacity.json").write_text(json.dumps(list(predictions.values()), indent=2))
+        atomic_write_text(self.out / "fit" / "capacity.json",
+                          json.dumps(list(predictions.values()), indent=2) + "\n")
         _say(f"{'format':<10} {'fitted EPM':>10} {'95% interval':>18} {'GMSE':>10} {'predicted EPM':>14}")
         for spec, e in fit["epm"].items():
             p = predictions.get(spec, {})
