@@ -94,11 +94,11 @@ def test_bench_kernels_rejects_bad_input(capsys):
 
 
 def test_interleaved_attention_comparison(megatron_cpu):
-    import torch
-
     from megatron_csl.kernels.bench.attention import compare_attention
 
+    from .conftest import DEVICE
+
     times = compare_attention(ModelShape(1, 32, 2, 64), seq_length=16, micro_batch=2, steps=3,
-                              warmup=1, device=torch.device("cpu"))
+                              warmup=1, device=DEVICE)
     assert sorted(times) == ["megatron", "sdpa"]
     assert all(len(t) == 3 and min(t) > 0 for t in times.values())
