@@ -36,6 +36,8 @@ def _run(tool, *args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                    reason="CPU smoke; on a GPU run tools/bench_step.py itself (docs/performance.md)")
 def test_bench_step_cpu_smoke(tmp_path):
     out = tmp_path / "step.json"
     proc = _run("bench_step.py", "--cpu-smoke", "--formats", "dense,w4a4,s50:nm2/4",
