@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from megatron_csl.kernels.bench.flops import mfu, step_flops
 from megatron_csl.model import ModelShape, get_shape
@@ -36,7 +37,7 @@ def _run(tool, *args, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(),
+@pytest.mark.skipif(torch.cuda.is_available(),
                     reason="CPU smoke; on a GPU run tools/bench_step.py itself (docs/performance.md)")
 def test_bench_step_cpu_smoke(tmp_path):
     out = tmp_path / "step.json"
