@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compression format of the transformer linears, e.g. dense, w4, w4a4, "
                         "s50, s50+w4 (megatron_csl.compression.parse_spec)")
     g.add_argument("--transformer-impl", choices=("local", "te"), default="local")
+    g.add_argument("--attention", choices=("megatron", "sdpa"), default="megatron",
+                   help="core attention of the local implementation: megatron-core's own "
+                        "(default; dense is then exactly megatron's local-spec model) or sdpa "
+                        "(flash attention through torch's scaled_dot_product_attention, no "
+                        "[b, h, s, s] scores; same numerics within fp32 rounding, no parameters, "
+                        "so checkpoints are interchangeable)")
     g.add_argument("--use-cpu-initialization", action=bool_flag, default=None,
                    help="initialise weights on the CPU from one master weight, so any TP size "
                         "gives the same model (default: the model package's choice)")

@@ -32,7 +32,8 @@ def build_model(plan):
         bf16=bool(args.bf16), init_method_std=args.init_method_std,
         use_cpu_initialization=args.use_cpu_initialization)
     model = build_gpt_model(config, vocab_size=plan.padded_vocab_size, seq_length=plan.seq_length,
-                            compression=plan.compression, impl=args.transformer_impl)
+                            compression=plan.compression, impl=args.transformer_impl,
+                            attention=args.attention)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     if args.bf16:
