@@ -17,12 +17,15 @@ def test_choose_parts_per_shard(shards, workers, expected):
 
 @settings(max_examples=200, deadline=None)
 @given(shards=st.integers(1, 300), workers=st.integers(1, 64))
-def test_chosen_split_is_never_worse_than_no_split_and_gives_every_worker_work(shards, workers):
+def test_chosen_split_is_never_worse_than_no_split_or_any_other_split(shards, workers):
     parts = choose_parts_per_shard(shards, workers)
     assert 1 <= parts <= 16
-    assert estimated_makespan(shards, workers, parts) <= estimated_makespan(shards, workers, 1)
-    if workers <= 16:
-        assert shards * parts >= min(workers, shards * 16)
+    chosen = estimated_makespan(shards, workers, parts)
+    assert chosen <= estimated_makespan(shards, workers, 1)
+    if shards < 4 * workers:
+        # the best split of the model, which need not keep every worker busy: 2 shards on 13
+        # workers finish soonest as 12 units of 1/6 shard (one round), not 14 of 1/7 (two rounds)
+        assert all(chosen <= estimated_makespan(shards, workers, p) + 1e-9 for p in range(1, 17))
 
 
 @settings(max_examples=200, deadline=None)
