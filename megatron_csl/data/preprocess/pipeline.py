@@ -23,8 +23,8 @@ from megatron_csl.data.preprocess.plan import (
     Unit, build_plan, describe_difference, job_fingerprint, plan_from_json, plan_to_json,
 )
 from megatron_csl.data.preprocess.worker import (
-    UnitSettings, UnitStats, UnitWorker, count_lines_in_pool, done_marker, init_pool_process,
-    run_unit_in_pool, unit_prefix,
+    UnitSettings, UnitStats, UnitWorker, count_lines_in_pool, done_marker, forget_prefork,
+    init_pool_process, prepare_for_fork, run_unit_in_pool, unit_prefix,
 )
 from megatron_csl.data.tokenizer import load_tokenizer
 
@@ -330,6 +330,8 @@ class _PoolRunner:
         methods = multiprocessing.get_all_start_methods()
         self.context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
         self.progress_queue = self.context.Queue()
+        if self.context.get_start_method() == "fork":
+            prepare_for_fork(settings)
         # frozen objects are never visited by the workers' garbage collector, so the parent's
         # heap (torch, megatron-core) stays shared copy-on-write instead of being copied
         gc.freeze()
@@ -382,6 +384,7 @@ class _PoolRunner:
         else:
             self.pool.close()
         self.pool.join()
+        forget_prefork()
         self.progress_queue.close()
         self.progress_queue.join_thread()
 

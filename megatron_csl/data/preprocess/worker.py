@@ -179,12 +179,26 @@ _WORKER: Optional[UnitWorker] = None
 _QUEUE = None
 
 
+def prepare_for_fork(settings: UnitSettings) -> None:
+    """Load the tokenizer once in the parent: forked workers then share its (read-only) memory
+    pages, so K processes use the CPU caches like K threads of one SentencePiece would."""
+    global _WORKER
+    _WORKER = UnitWorker(settings)
+
+
+def forget_prefork() -> None:
+    """Drop the parent's copy once the pool is gone."""
+    global _WORKER
+    _WORKER = None
+
+
 def init_pool_process(settings: UnitSettings, queue) -> None:
     # Ctrl-C goes to the parent, which terminates the pool; workers must not die half-way on it
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # pool.terminate() must end us at once
     global _WORKER, _QUEUE
-    _WORKER = UnitWorker(settings)
+    if _WORKER is None or _WORKER.settings != settings:  # spawned, not forked
+        _WORKER = UnitWorker(settings)
     _QUEUE = queue
 
 
