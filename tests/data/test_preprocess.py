@@ -277,3 +277,24 @@ def test_interrupting_the_pool_stops_workers_and_a_rerun_finishes(
     monkeypatch.setattr(pipeline._ProgressBar, "unit_done", real_done)
     report = run(paths, tiny_tokenizer, tmp_path / "i", workers=2)
     assert report.units_resumed >= 1 and report.documents == 48
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.integers(1, 6), max_size=5), max_size=4))
+def test_batched_add_documents_equals_one_call_per_document(tmp_path_factory, batches):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    folder = tmp_path_factory.mktemp("b")
+    one, many = (IndexedDatasetBuilder(str(folder / f"{n}.bin"), dtype=np.uint16)
+                 for n in ("one", "many"))
+    token = 0
+    for lengths in batches:
+        tokens = np.arange(token, token + sum(lengths), dtype=np.uint16)
+        token += sum(lengths)
+        worker_module.add_documents(many, tokens, np.array(lengths, dtype=np.int64))
+        for start, length in zip(np.cumsum([0] + lengths[:-1]), lengths):
+            one.add_document(tokens[start:start + length], [length])
+    for name, builder in (("one", one), ("many", many)):
+        builder.finalize(str(folder / f"{name}.idx"))
+    for suffix in (".bin", ".idx"):
+        assert (folder / f"one{suffix}").read_bytes() == (folder / f"many{suffix}").read_bytes()
