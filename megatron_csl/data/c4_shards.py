@@ -127,28 +127,58 @@ def iter_line_batches(
     stop: Optional[int] = None,
     batch_lines: int = 1024,
     batch_bytes: int = 8 << 20,
+    by: str = "line",
 ) -> Iterator[LineBatch]:
-    """Lines ``[start, stop)`` of a shard in batches of at most ``batch_lines`` lines/``batch_bytes``.
+    """The lines of a shard in ``[start, stop)``, in batches of at most ``batch_lines`` lines or
+    ``batch_bytes`` bytes.
+
+    ``by="line"``: ``start``/``stop`` are line indices. ``by="byte"``: they are offsets in the
+    uncompressed text and the range holds the lines that *begin* at an offset in it; consecutive
+    byte ranges therefore split a shard into parts without knowing its line count, and any
+    boundaries give every line to exactly one part.
 
     A truncated or corrupt gzip raises ShardReadError naming the shard once the damaged part is
     read (damage beyond ``stop`` is never read, so it is not seen).
     """
+    if by not in ("line", "byte"):
+        raise ValueError(f"by must be 'line' or 'byte', got {by!r}")
     with open_shard(path) as f:
-        index = 0
+        index = 0  # line index of the next line
+        position = 0  # uncompressed offset of the next line (tracked in byte mode)
         lines: List[bytes] = []
         try:
-            if start:
+            if start and by == "line":
                 # islice skips lines in C without building them into a batch
-                consumed = sum(1 for _ in itertools.islice(f, start))
-                index = consumed
-                if consumed < start:
+                index = sum(1 for _ in itertools.islice(f, start))
+                if index < start:
                     return
+            elif start:
+                # read up to the byte before the range, then finish the line that holds it:
+                # that line began before the range, the next one begins inside it
+                remaining = start - 1
+                while remaining > 0:
+                    chunk = f.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        return
+                    index += chunk.count(b"\n")
+                    remaining -= len(chunk)
+                tail = f.readline()
+                if not tail.endswith(b"\n"):
+                    return  # the shard ends inside (or right before) the range
+                index += 1
+                position = start - 1 + len(tail)
             origin = _compressed_position(f) if start else 0
-            while stop is None or index < stop:
-                limit = batch_lines if stop is None else min(batch_lines, stop - index)
+            while True:
+                limit = batch_lines
+                if by == "line" and stop is not None:
+                    limit = min(batch_lines, stop - index)
+                    if limit <= 0:
+                        return
                 lines = []
                 size = 0
                 for line in f:
+                    if by == "byte" and stop is not None and position + size >= stop:
+                        break  # this line begins in the next range
                     lines.append(line)
                     size += len(line)
                     if len(lines) >= limit or size >= batch_bytes:
@@ -157,11 +187,27 @@ def iter_line_batches(
                     return
                 batch = LineBatch(index, lines, _compressed_position(f), origin)
                 index += len(lines)
+                position += size
                 lines = []
                 yield batch
+                if by == "byte" and stop is not None and position >= stop:
+                    return
         except _READ_ERRORS as e:
             # lines read completely before the damage: those of earlier batches and this one
             raise _read_error(path, index + len(lines), e) from e
+
+
+def uncompressed_size(path: str) -> int:
+    """The shard's text size without reading it: the file size, or for gzip the size its trailer
+    records (ISIZE, modulo 2**32, of the last member). Used only to place part boundaries, so a
+    wrong value (a multi-member gzip, text over 4 GiB) costs balance, never correctness."""
+    size = os.path.getsize(path)
+    if not is_gzip_path(path) or size < 18:
+        return size
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        isize = int.from_bytes(f.read(4), "little")
+    return max(isize, size)  # text never compresses to more than its own size
 
 
 def count_lines(path: str, limit: Optional[int] = None) -> int:

@@ -57,6 +57,39 @@ def test_line_batches_cover_exactly_the_requested_range(tmp_path_factory, n, sta
     assert firsts == sorted(firsts) and (not batches or firsts[0] == start)
 
 
+@settings(max_examples=60, deadline=None)
+@given(lengths=st.lists(st.integers(0, 40), max_size=30), cuts=st.lists(st.integers(0, 1500), max_size=4),
+       trailing_newline=st.booleans(), compress=st.booleans(), batch=st.integers(1, 5))
+def test_byte_ranges_give_every_line_to_exactly_one_part(
+        tmp_path_factory, lengths, cuts, trailing_newline, compress, batch):
+    lines = [b"x" * n for n in lengths]
+    payload = b"\n".join(lines) + (b"\n" if trailing_newline and lines else b"")
+    path = str(tmp_path_factory.mktemp("b") / ("s.json.gz" if compress else "s.jsonl"))
+    with (gzip.open(path, "wb") if compress else open(path, "wb")) as f:
+        f.write(payload)
+    bounds = [0] + sorted(set(c for c in cuts if c > 0)) + [None]
+    got, numbers = [], []
+    for start, stop in zip(bounds, bounds[1:]):
+        for b in iter_line_batches(path, start, stop, batch_lines=batch, by="byte"):
+            got += [line.rstrip(b"\n") for line in b.lines]
+            numbers += range(b.first_line, b.first_line + len(b.lines))
+    expected = payload.split(b"\n")
+    if payload.endswith(b"\n") or not payload:
+        expected = expected[:-1]
+    assert got == expected
+    assert numbers == list(range(len(expected)))  # line numbers stay exact after a skipped prefix
+
+
+def test_uncompressed_size_comes_from_the_gzip_trailer(tmp_path):
+    from megatron_csl.data.c4_shards import uncompressed_size
+
+    payload = b'{"text": "abc"}\n' * 1000
+    gz, plain = tmp_path / "a.json.gz", tmp_path / "a.jsonl"
+    gz.write_bytes(gzip.compress(payload))
+    plain.write_bytes(payload)
+    assert uncompressed_size(str(gz)) == uncompressed_size(str(plain)) == len(payload)
+
+
 def test_truncated_gzip_is_an_error_naming_the_shard(tmp_path):
     path = str(tmp_path / "c4-train.00007-of-01024.json.gz")
     full = gzip.compress(("".join(json.dumps({"text": f"doc {i} " * 50}) + "\n"

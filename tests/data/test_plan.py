@@ -39,18 +39,21 @@ def test_split_range_is_a_contiguous_nearly_even_cover(lines, parts):
     assert not sizes or max(sizes) - min(sizes) <= 1
 
 
-def test_plan_splits_a_single_shard_for_two_workers_and_keeps_order(tmp_path):
-    path = write_jsonl(str(tmp_path / "a.jsonl"), [f'{{"text": "{i}"}}' for i in range(101)])
+def test_plan_splits_a_single_shard_for_two_workers_without_reading_it(tmp_path):
+    path = write_jsonl(str(tmp_path / "a.json.gz"), [f'{{"text": "{i}"}}' for i in range(101)])
+    text_size = len("".join(f'{{"text": "{i}"}}\n' for i in range(101)))
     units, counts = build_plan([path], workers=2)
-    assert counts == {path: 101}
-    assert [(u.part, u.start, u.stop) for u in units] == [(0, 0, 50), (1, 50, 101)]
+    assert counts == {}  # no line count: the gzip trailer gives the text size
+    assert [(u.part, u.start, u.stop, u.by) for u in units] == [
+        (0, 0, text_size // 2, "byte"), (1, text_size // 2, None, "byte")]
 
 
 def test_plan_with_many_shards_needs_no_line_counts(tmp_path):
     paths = [write_jsonl(str(tmp_path / f"{i}.jsonl"), ['{"text": "x"}']) for i in range(9)]
     units, counts = build_plan(paths, workers=2)
     assert counts == {}
-    assert [(u.shard_index, u.start, u.stop) for u in units] == [(i, 0, None) for i in range(9)]
+    assert [(u.shard_index, u.start, u.stop, u.by) for u in units] == [
+        (i, 0, None, "line") for i in range(9)]
 
 
 def test_plan_max_docs_reads_only_the_shards_it_needs(tmp_path):

@@ -141,7 +141,8 @@ class UnitWorker:
         partial = final + ".partial"
         builder = IndexedDatasetBuilder(partial + ".bin", dtype=self.dtype.type)
         try:
-            for batch in iter_line_batches(unit.path, unit.start, unit.stop, s.batch_lines):
+            for batch in iter_line_batches(unit.path, unit.start, unit.stop, s.batch_lines,
+                                           by=unit.by):
                 decoded = decode_batch(batch, s.json_key)
                 stats.lines += len(batch.lines)
                 stats.blank_lines += decoded.blank_lines
