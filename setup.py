@@ -14,6 +14,7 @@ setup(
         "scipy",
         "sentencepiece",
         "orjson",  # fast JSON Lines decoding in tools/preprocess_c4.py (falls back to json)
+        "isal",  # fast gzip reading of C4 shards (falls back to gzip)
         "psutil",
         "pyyaml",
         "matplotlib",

@@ -19,6 +19,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
+try:  # ISA-L's inflate reads C4 shards about 3x faster than zlib (same file format and errors)
+    from isal import igzip as _gzip
+except ImportError:  # pragma: no cover - exercised only where isal is missing
+    _gzip = gzip
+
 try:  # orjson decodes C4 lines about 3x faster than the standard library
     import orjson
 
@@ -103,7 +108,7 @@ def open_shard(path: str) -> BinaryIO:
     """Open a shard for binary line iteration (gzip-decompressing ``.gz`` files)."""
     try:
         if is_gzip_path(path):
-            return gzip.open(path, "rb")
+            return _gzip.open(path, "rb")
         return open(path, "rb")
     except OSError as e:
         raise ShardReadError(f"cannot open shard {path}: {e}") from e

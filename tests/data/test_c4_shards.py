@@ -149,3 +149,18 @@ def test_atomic_writes_leave_no_temp_file_and_normal_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_standard_library_fallbacks_read_and_classify_the_same(tmp_path, monkeypatch):
+    """Without orjson and isal (optional speed-ups) the same lines come out, classified alike."""
+    from megatron_csl.data import c4_shards
+
+    path = write_jsonl(str(tmp_path / "s.json.gz"),
+                       ['{"text": "a\\u00e9"}', "oops", '{"text": "\\ud800"}', '{"text": 1}'])
+    fast = [decode_line(l) for b in iter_line_batches(path) for l in b.lines]
+    monkeypatch.setattr(c4_shards, "_gzip", gzip)
+    monkeypatch.setattr(c4_shards, "_loads", json.loads)
+    monkeypatch.setattr(c4_shards, "_STRICT_UNICODE", False)
+    slow = [decode_line(l) for b in iter_line_batches(path) for l in b.lines]
+    assert [t for t, _ in slow] == [t for t, _ in fast] == ["aé", None, None, None]
+    assert [r is None for _, r in slow] == [r is None for _, r in fast] == [True, False, False, False]
