@@ -39,24 +39,21 @@ def _with_compression(text: str, spec) -> str:
     return f"{text[:-1]}, compression={spec.canonical})" if text.endswith(")") else text
 
 
-class CompressedColumnParallelLinear(ColumnParallelLinear):
-    """ColumnParallelLinear whose matmul runs on `compression`'s weight and input.
+class _CompressedLinear:
+    """What both compressed linears share: the format, its shard context, and the hook that hands
+    the compressed weight and input to megatron's own matmul. Mixed in before megatron's class."""
 
-    The weight shard holds whole output rows (split dim 0); the input is the full activation.
-    """
-
-    def __init__(self, input_size, output_size, *, compression, **kwargs):
-        super().__init__(input_size, output_size, **kwargs)
+    def _setup_compression(self, compression, weight_shard, weight_split_dim, input_split):
         from megatron_csl.compression import ShardContext
 
         self.compression = resolve_compression(compression)
         tp = self.tp_group.size() if self.tp_group is not None else 1
-        _check_shape(self.compression, type(self).__name__, self.output_size_per_partition,
-                     self.input_size, tp)
+        _check_shape(self.compression, type(self).__name__, *weight_shard, tp)
         group = _group_or_none(self.tp_group)
-        self.shard = ShardContext(
-            group=group, weight_split_dim=0 if group is not None else None, input_split=False
-        )
+        sharded = group is not None
+        self.shard = ShardContext(group=group,
+                                  weight_split_dim=weight_split_dim if sharded else None,
+                                  input_split=input_split and sharded)
 
     def _forward_impl(self, input, weight, *args, **kwargs):
         spec = self.compression
@@ -70,7 +67,19 @@ class CompressedColumnParallelLinear(ColumnParallelLinear):
         return _with_compression(super().__repr__(), self.compression)
 
 
-class CompressedRowParallelLinear(RowParallelLinear):
+class CompressedColumnParallelLinear(_CompressedLinear, ColumnParallelLinear):
+    """ColumnParallelLinear whose matmul runs on `compression`'s weight and input.
+
+    The weight shard holds whole output rows (split dim 0); the input is the full activation.
+    """
+
+    def __init__(self, input_size, output_size, *, compression, **kwargs):
+        super().__init__(input_size, output_size, **kwargs)
+        self._setup_compression(compression, (self.output_size_per_partition, self.input_size),
+                                weight_split_dim=0, input_split=False)
+
+
+class CompressedRowParallelLinear(_CompressedLinear, RowParallelLinear):
     """RowParallelLinear whose matmul runs on `compression`'s weight and input.
 
     The weight shard holds a slice of every row's inputs (split dim 1) and the input is split
@@ -79,25 +88,5 @@ class CompressedRowParallelLinear(RowParallelLinear):
 
     def __init__(self, input_size, output_size, *, compression, **kwargs):
         super().__init__(input_size, output_size, **kwargs)
-        from megatron_csl.compression import ShardContext
-
-        self.compression = resolve_compression(compression)
-        tp = self.tp_group.size() if self.tp_group is not None else 1
-        _check_shape(self.compression, type(self).__name__, self.output_size,
-                     self.input_size_per_partition, tp)
-        group = _group_or_none(self.tp_group)
-        self.shard = ShardContext(
-            group=group, weight_split_dim=1 if group is not None else None,
-            input_split=group is not None,
-        )
-
-    def _forward_impl(self, input, weight, *args, **kwargs):
-        spec = self.compression
-        if spec.compresses_activations:
-            input = spec.quantize_activation(input, self.shard)
-        if spec.compresses_weights:
-            weight = spec.compress_weight(weight, self.shard)
-        return super()._forward_impl(input, weight, *args, **kwargs)
-
-    def __repr__(self) -> str:  # megatron's repr ignores extra_repr
-        return _with_compression(super().__repr__(), self.compression)
+        self._setup_compression(compression, (self.output_size, self.input_size_per_partition),
+                                weight_split_dim=1, input_split=True)
