@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from megatron_csl.training.rundir import read_jsonl  # noqa: F401  (the one JSON Lines reader; re-exported)
+
 RUN_JSON = "run.json"
 METRICS_JSONL = "metrics.jsonl"
 RESULT_JSON = "result.json"
@@ -37,26 +39,6 @@ def append_jsonl(path: Path, record: dict) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """All complete JSON lines (a torn or foreign line is skipped)."""
-    rows = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict):
-                    rows.append(row)
-    except FileNotFoundError:
-        pass
-    return rows
 
 
 def read_json(path: Path) -> Optional[dict]:

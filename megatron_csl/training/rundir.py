@@ -42,8 +42,9 @@ def read_json(path) -> Optional[dict]:
         return None
 
 
-def read_metrics(path) -> List[dict]:
-    """All complete rows of a metrics.jsonl (a torn last line from a crash is skipped)."""
+def read_jsonl(path) -> List[dict]:
+    """All complete JSON-object lines of a JSON Lines file (a torn last line from a crash, or a
+    foreign line, is skipped; a missing file has no rows). Also read by the sweep tracker."""
     rows = []
     try:
         with open(path) as f:
@@ -52,12 +53,19 @@ def read_metrics(path) -> List[dict]:
                 if not line:
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
+                if isinstance(row, dict):
+                    rows.append(row)
     except FileNotFoundError:
         pass
     return rows
+
+
+def read_metrics(path) -> List[dict]:
+    """All complete rows of a metrics.jsonl."""
+    return read_jsonl(path)
 
 
 class MetricsLog:
