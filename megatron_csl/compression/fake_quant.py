@@ -50,9 +50,36 @@ def fake_quantize(quantizer, x: torch.Tensor, row_group, tensor_group,
         if had:  # the parser forbids had with sparsity, so there is no keep/sparse_grad here
             grad = None if qgrad is None else qgrad.float()
         else:
-            grad = sparse_grad
-            if qgrad is not None:
-                # Pruned entries take the sparsity's gradient; survivors also the quantizer's mask.
-                qgrad = qgrad if keep is None else (qgrad | ~keep)
-                grad = qgrad.float() if grad is None else grad * qgrad.float()
+            grad = _combined_grad(qgrad, keep, sparse_grad)
     return attach_gradient(x, value, grad, had)
+
+
+def _combined_grad(qgrad, keep, sparse_grad):
+    """The estimator's gradient mask: pruned entries take the sparsity's gradient (RBBM or
+    straight-through); survivors also the quantizer's mask (trust). None = straight-through."""
+    grad = sparse_grad
+    if qgrad is not None:
+        qgrad = qgrad if keep is None else (qgrad | ~keep)
+        grad = qgrad.float() if grad is None else grad * qgrad.float()
+    return grad
+
+
+def integer_operand(quantizer, x: torch.Tensor, row_group, tensor_group,
+                    keep: torch.Tensor | None = None, sparse_grad: torch.Tensor | None = None):
+    """fake_quantize split into (codes, unit): integer-valued codes [rows, cols] with
+    codes * unit == fake_quantize(...) (same float) and unit [rows, 1] or [1, 1].
+
+    codes carry fake_quantize's gradient divided by unit, so a matmul on codes followed by the
+    product of units has fake_quantize's backward. The point: a matmul of integer codes is exact
+    in float32 (below 2^24), so it does not depend on how tensor parallelism splits its sum.
+    Needs an integer quantizer without Hadamard and with per-row or per-tensor statistics.
+    """
+    with torch.no_grad():
+        codes, unit, qgrad = quantizer.quantize_codes(x.detach(), row_group, tensor_group, keep)
+        if keep is not None:
+            codes = codes * keep
+        grad = _combined_grad(qgrad, keep, sparse_grad)
+        # An all-zero row (unit 0) has all-zero codes; it passes no gradient through its codes.
+        per_unit = torch.where(unit > 0, 1.0 / torch.where(unit > 0, unit, 1.0), 0.0)
+        grad = per_unit if grad is None else grad * per_unit
+    return attach_gradient(x, codes, grad), unit

@@ -113,11 +113,46 @@ class IntQuant:
             size = size * 2.0 / (2 ** int(self.bits) - 1)  # half-range -> step
         return size.float()
 
-    @torch.no_grad()
-    def quantize(self, x: torch.Tensor, row_group, tensor_group, mask: torch.Tensor | None = None):
-        """(values, grad_mask or None) for float32 x [rows, cols]; statistics over mask's survivors.
+    @property
+    def code_bound(self) -> int:
+        """Largest |integer code| of `codes` (sym grids use odd codes 2k+1, see `_codes`)."""
+        if self.ternary:
+            return 1
+        b = int(self.bits)
+        return 2 ** b - 1 if self.grid == "sym" else 2 ** (b - 1)
 
-        row_group / tensor_group: process groups completing per-row / whole-tensor statistics.
+    def _codes(self, x_v: torch.Tensor, step: torch.Tensor):
+        """(codes, unit, positive): integer-valued codes and the unit with value = codes * unit.
+
+        The sym grid's levels (k + 1/2) step are the odd codes 2k+1 times step/2, so both grids
+        have integer codes; codes * unit is one rounding of the exact level, the same float as
+        (k + 1/2) * step. Groups whose statistic is 0 get unit 0 (their values are 0).
+        """
+        qmin, qmax = self._code_range()
+        positive = step > 0
+        safe_step = torch.where(positive, step, torch.ones_like(step))
+        if self.grid == "sym" and not self.ternary:
+            codes = (x_v / safe_step).floor().clamp(qmin, qmax) * 2.0 + 1.0
+            unit = safe_step / 2.0
+        else:
+            codes = (x_v / safe_step).round().clamp(qmin, qmax)
+            unit = safe_step
+        return codes, torch.where(positive, unit, torch.zeros_like(unit)), positive
+
+    def _trust_mask(self, x_v, value, step, positive, grouped, mask_v):
+        if self.bits == 1:
+            rms = grouped.moments(x_v, mask_v, "rms").float()
+            return x_v.abs() <= ONE_BIT_TRUST_CLIP[bool(self.had)] * rms
+        half_step = step / 2.0 * (1.0 + TRUST_TOLERANCE)
+        return ((value - x_v).abs() <= half_step) | ~positive
+
+    @torch.no_grad()
+    def quantize_codes(self, x: torch.Tensor, row_group, tensor_group,
+                       mask: torch.Tensor | None = None):
+        """(codes [rows, cols], unit, grad_mask or None) with `quantize`'s value = codes * unit.
+
+        unit is [rows, 1] for per-row statistics, [1, 1] for per-tensor ones and
+        [rows, cols / g] for groups of g columns (then it does not factor out of a matmul).
         """
         granularity = self.granularity
         grouped = Grouped(x, granularity, tensor_group if granularity == "tensor" else
@@ -125,23 +160,25 @@ class IntQuant:
         x_v = grouped.view(x)
         mask_v = None if mask is None else grouped.view(mask)
         step = self.step(x_v, grouped, mask_v)
-        qmin, qmax = self._code_range()
-        if self.grid == "sym" and not self.ternary:
-            value, positive = _safe_apply(
-                step, lambda st: ((x_v / st).floor().clamp(qmin, qmax) + 0.5) * st)
-        else:
-            value, positive = _safe_apply(
-                step, lambda st: (x_v / st).round().clamp(qmin, qmax) * st)
+        codes, unit, positive = self._codes(x_v, step)
         grad_mask = None
         if self.estimator == "trust":
-            if self.bits == 1:
-                rms = grouped.moments(x_v, mask_v, "rms").float()
-                grad_mask = x_v.abs() <= ONE_BIT_TRUST_CLIP[bool(self.had)] * rms
-            else:
-                half_step = step / 2.0 * (1.0 + TRUST_TOLERANCE)
-                grad_mask = ((value - x_v).abs() <= half_step) | ~positive
-            grad_mask = grouped.unview(grad_mask)
-        return grouped.unview(value), grad_mask
+            value = codes * unit
+            grad_mask = grouped.unview(self._trust_mask(x_v, value, step, positive, grouped,
+                                                        mask_v))
+        unit = unit[:1] if granularity == "tensor" else unit
+        return grouped.unview(codes), unit.reshape(unit.shape[0], -1), grad_mask
+
+    @torch.no_grad()
+    def quantize(self, x: torch.Tensor, row_group, tensor_group, mask: torch.Tensor | None = None):
+        """(values, grad_mask or None) for float32 x [rows, cols]; statistics over mask's survivors.
+
+        row_group / tensor_group: process groups completing per-row / whole-tensor statistics.
+        """
+        codes, unit, grad_mask = self.quantize_codes(x, row_group, tensor_group, mask)
+        if isinstance(self.granularity, int):
+            unit = unit.repeat_interleave(self.granularity, dim=1)
+        return codes * unit, grad_mask
 
     def options(self, *, with_granularity: bool = True) -> list[str]:
         """Non-default options in canonical order."""

@@ -15,12 +15,14 @@ import torch
 
 from . import floats
 from .errors import SpecError
-from .fake_quant import fake_quantize
+from .fake_quant import fake_quantize, integer_operand
 from .quantizers import FloatQuant, IntQuant, format_bits
 from .shard import LOCAL, ShardContext
 from .sparsity import Sparsity
 
 Quantizer = Union[IntQuant, FloatQuant]
+# float32 represents every integer below 2^24, so sums of integer products below it are exact.
+FLOAT32_EXACT_INTEGERS = 2 ** 24
 
 
 @functools.total_ordering
@@ -148,6 +150,37 @@ class CompressionSpec:
         x2 = x.reshape(-1, x.shape[-1]).float()
         out = fake_quantize(self.activation, x2, shard.activation_group(), None)
         return out.reshape(x.shape).to(x.dtype)
+
+
+    # ---- exact integer matmul -----------------------------------------------------------------
+    def integer_matmul_exact(self, in_features: int) -> bool:
+        """Whether a matmul over `in_features` (the full, unsharded input dimension) can run on
+        integer codes exactly in float32: integer weights and activations whose scales factor
+        out of the sum (per-row or per-tensor weight scale, per-token activation scale, no
+        Hadamard), and every partial sum below 2^24."""
+        w, a = self.weight, self.activation
+        if not (isinstance(w, IntQuant) and isinstance(a, IntQuant)) or w.had or a.had:
+            return False
+        if w.granularity not in ("row", "tensor"):
+            return False
+        return in_features * w.code_bound * a.code_bound < FLOAT32_EXACT_INTEGERS
+
+    def weight_codes(self, w: torch.Tensor, shard: ShardContext = LOCAL):
+        """(codes [out, in_local], unit [out, 1] or [1, 1]): codes * unit == compress_weight(w).
+        Only for specs with integer_matmul_exact."""
+        x = w.float()
+        keep = sparse_grad = None
+        if self.sparsity_format is not None:
+            keep, sparse_grad = self.sparsity_format.mask(x, shard)
+        codes, unit = integer_operand(self.weight, x, shard.weight_group(1),
+                                      shard.weight_tensor_group(), keep, sparse_grad)
+        return codes.to(w.dtype), unit.to(w.dtype)
+
+    def activation_codes(self, x: torch.Tensor, shard: ShardContext = LOCAL):
+        """(codes [..., in_local], unit [..., 1]): codes * unit == quantize_activation(x)."""
+        x2 = x.reshape(-1, x.shape[-1]).float()
+        codes, unit = integer_operand(self.activation, x2, shard.activation_group(), None)
+        return codes.reshape(x.shape).to(x.dtype), unit.reshape(*x.shape[:-1], 1).to(x.dtype)
 
 
 def _fast_path():

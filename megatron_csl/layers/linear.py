@@ -11,6 +11,7 @@ trains the same model as TP=1.
 """
 from __future__ import annotations
 
+import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
 from .resolve import resolve_compression
@@ -54,14 +55,34 @@ class _CompressedLinear:
         self.shard = ShardContext(group=group,
                                   weight_split_dim=weight_split_dim if sharded else None,
                                   input_split=input_split and sharded)
+        self._integer_matmul_exact = self.compression.integer_matmul_exact(self.input_size)
 
     def _forward_impl(self, input, weight, *args, **kwargs):
         spec = self.compression
+        if self._runs_on_integer_codes(input, weight, kwargs.get("bias")):
+            # codes_x @ codes_w^T is exact, whatever order the matmul (or TP's all-reduce) sums
+            # in; the units multiply the result afterwards (see _apply_units).
+            input, x_unit = spec.activation_codes(input, self.shard)
+            weight, w_unit = spec.weight_codes(weight, self.shard)
+            return self._apply_units(super()._forward_impl(input, weight, *args, **kwargs),
+                                     (x_unit, w_unit.reshape(-1)))
         if spec.compresses_activations:
             input = spec.quantize_activation(input, self.shard)
         if spec.compresses_weights:
             weight = spec.compress_weight(weight, self.shard)
         return super()._forward_impl(input, weight, *args, **kwargs)
+
+    def _runs_on_integer_codes(self, input, weight, bias) -> bool:
+        """In float32/64 an integer x integer format multiplies integer codes, so that the
+        layer's output does not depend on the tensor-parallel split: a quantizer downstream is a
+        step function, and a last-bit difference from a split sum would flip its rounding (the
+        reason TP=2 can equal TP=1 for w4a4 in float32). bf16 training keeps the fast kernels."""
+        return (self._integer_matmul_exact and bias is None and not self.sequence_parallel
+                and input.dtype in (torch.float32, torch.float64) and weight.dtype == input.dtype)
+
+    def _apply_units(self, output, units):
+        x_unit, w_unit = units
+        return output * x_unit * w_unit
 
     def __repr__(self) -> str:  # megatron's repr ignores extra_repr
         return _with_compression(super().__repr__(), self.compression)
@@ -90,3 +111,22 @@ class CompressedRowParallelLinear(_CompressedLinear, RowParallelLinear):
         super().__init__(input_size, output_size, **kwargs)
         self._setup_compression(compression, (self.output_size, self.input_size_per_partition),
                                 weight_split_dim=1, input_split=True)
+        self._pending_units = None
+
+    def _runs_on_integer_codes(self, input, weight, bias) -> bool:
+        # The units multiply the all-reduced sum, which forward adds the bias to.
+        return (super()._runs_on_integer_codes(input, weight, bias)
+                and (self.bias is None or self.skip_bias_add) and not self.explicit_expert_comm)
+
+    def _apply_units(self, output, units):
+        # The partial sums of integer codes all-reduce exactly; scale after the reduction.
+        self._pending_units = units
+        return output
+
+    def forward(self, input_):
+        self._pending_units = None
+        output, output_bias = super().forward(input_)
+        if self._pending_units is not None:
+            output = super()._apply_units(output, self._pending_units)
+            self._pending_units = None
+        return output, output_bias

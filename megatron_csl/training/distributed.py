@@ -72,6 +72,9 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+_EXPORTED_ENV: List[str] = []  # variables init_process_group set, removed again by shutdown()
+
+
 def init_process_group(info: RankInfo, timeout_s: float = 600.0) -> None:
     """torch.distributed over NCCL (GPU) or gloo (CPU), rank/world from ``info``."""
     if torch.distributed.is_initialized():
@@ -81,8 +84,12 @@ def init_process_group(info: RankInfo, timeout_s: float = 600.0) -> None:
         backend = "nccl"
     else:
         backend = "gloo"
-    os.environ.setdefault("MASTER_ADDR", info.master_addr)
-    os.environ.setdefault("MASTER_PORT", str(info.master_port))
+    # Some libraries read the rendezvous from the environment; export it for this run only, so an
+    # in-process run (tests, notebooks) does not leave its port to the next run (shutdown()).
+    for key, value in (("MASTER_ADDR", info.master_addr), ("MASTER_PORT", str(info.master_port))):
+        if key not in os.environ:
+            _EXPORTED_ENV.append(key)
+            os.environ[key] = value
     torch.distributed.init_process_group(
         backend=backend, rank=info.rank, world_size=info.world_size,
         init_method=f"tcp://{info.master_addr}:{info.master_port}",
@@ -118,6 +125,8 @@ def shutdown() -> None:
         parallel_state.destroy_model_parallel()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
+    while _EXPORTED_ENV:
+        os.environ.pop(_EXPORTED_ENV.pop(), None)
 
 
 def all_reduce_max(values: Sequence[float], group=None) -> List[float]:

@@ -4,11 +4,13 @@ TP=1/PP=1 (reference), TP=2 and PP=2, for a list of compression formats.
 Every layout starts from the same weights: a full model is built once from a seed and its
 parameters are copied (sliced by megatron's partition attributes) into the parallel model.
 Gradients are gathered back to full tensors with global layer names for comparison.
-The float64 runs cast the whole model (the compression formats still compute in float32).
+The float64 runs cast the whole model. A format suffixed FLOAT_MATMUL runs with the integer-code
+matmul switched off (the plain fake-quant path), to show what that path is for.
 """
 import torch
 
 VOCAB, SEQ, MICRO_BATCH, MICROBATCHES = 128, 32, 2, 2
+FLOAT_MATMUL = "/float-matmul"
 
 
 def _shape():
@@ -57,11 +59,18 @@ def _run(compression, master, tp, pp, dtype):
 
     from megatron_csl.model import build_gpt_model, llama_transformer_config
 
+    float_matmul = compression.endswith(FLOAT_MATMUL)
+    compression = compression.removesuffix(FLOAT_MATMUL)
+
     config = llama_transformer_config(_shape(), tensor_model_parallel_size=tp,
                                       pipeline_model_parallel_size=pp, params_dtype=dtype,
                                       pipeline_dtype=dtype)
     model = build_gpt_model(config, vocab_size=VOCAB, seq_length=SEQ, compression=compression)
     model.to(dtype)   # torch norms are built in fp32 whatever params_dtype says
+    if float_matmul:
+        for module in model.modules():
+            if hasattr(module, "_integer_matmul_exact"):
+                module._integer_matmul_exact = False
     tp_rank = parallel_state.get_tensor_model_parallel_rank()
     with torch.no_grad():
         for name, p in model.named_parameters():

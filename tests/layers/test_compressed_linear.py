@@ -41,12 +41,37 @@ def test_matmul_sees_compressed_weight_and_input(megatron_cpu, kind, fmt):
     x_ref = x.detach().clone().requires_grad_(True)
     ref = F.linear(spec.quantize_activation(x_ref), spec.compress_weight(w_ref))
     (ref * torch.linspace(-1, 1, 48)).sum().backward()
-    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-6)
+    # Integer x integer formats (w4a4) sum integer codes exactly and scale afterwards, so they
+    # differ from the float matmul by that matmul's own rounding (~1e-6 at |out| ~ 10).
+    assert torch.allclose(out, ref, rtol=1e-6, atol=1e-5)
     assert torch.allclose(layer.weight.grad, w_ref.grad, rtol=1e-5, atol=1e-6)
     assert torch.allclose(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
     # and the compression did something: the plain matmul differs
     assert not torch.allclose(out, F.linear(x, layer.weight), rtol=1e-4, atol=1e-4)
     assert repr(layer).endswith(f"compression={spec.canonical})")
+
+
+@pytest.mark.parametrize("kind", ["column", "row"])
+@pytest.mark.parametrize("fmt", ["w4a4", "w2a2", "s50+w4a4", "w4a4:zero,absmax,tensor,trust"])
+def test_integer_formats_sum_codes_exactly(megatron_cpu, kind, fmt):
+    """Integer codes times units are the fake-quant values bit for bit, and the layer's output is
+    the exact sum of code products scaled by the units: within 2 float32 roundings of it."""
+    torch.manual_seed(1)
+    layer = _layer(kind, fmt)
+    spec = parse_spec(fmt)
+    assert layer._integer_matmul_exact
+    x = torch.randn(8, 2, 64)
+    with torch.no_grad():
+        out, _ = layer(x)
+        x_codes, x_unit = spec.activation_codes(x)
+        w_codes, w_unit = spec.weight_codes(layer.weight)
+    for codes in (x_codes, w_codes):
+        assert torch.equal(codes, codes.round()) and codes.abs().max() <= 15
+    assert torch.equal(x_codes * x_unit, spec.quantize_activation(x))
+    assert torch.equal(w_codes * w_unit, spec.compress_weight(layer.weight))
+    exact = (x_codes.double() @ w_codes.double().T) * x_unit.double() * w_unit.double().reshape(-1)
+    err = (out.double() - exact).abs()
+    assert (err <= 2.0 ** -23 * exact.abs()).all(), err.max()
 
 
 def test_tp1_shard_context_is_local(megatron_cpu):

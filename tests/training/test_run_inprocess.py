@@ -168,3 +168,21 @@ def test_sdpa_attention_trains_the_same_model(tmp_path_factory, tmp_path):
     # ...but not bit for bit: the other attention kernel really ran
     assert ours != reference
     assert json.loads((run_dir / "run.json").read_text())["args"]["attention"] == "sdpa"
+
+
+def test_an_in_process_run_leaves_no_rendezvous_behind(tmp_path, monkeypatch):
+    """A run exports MASTER_ADDR/PORT only while it runs: a leftover port made the next run in
+    the same process (or a subprocess inheriting the environment) fail with EADDRINUSE."""
+    import os
+
+    import torch
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    at = RUN.index("--train-iters") + 1
+    short = RUN[:at] + ["1"] + RUN[at + 1:]
+    assert run_pretrain(short + ["--mock-data", "--run-dir", str(tmp_path / "one")]) == 0
+    assert "MASTER_ADDR" not in os.environ and "MASTER_PORT" not in os.environ
+    assert not torch.distributed.is_initialized()
+    # ...and a second run in the same process starts cleanly on a fresh port.
+    assert run_pretrain(short + ["--mock-data", "--run-dir", str(tmp_path / "two")]) == 0
