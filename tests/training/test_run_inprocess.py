@@ -153,20 +153,30 @@ def test_run_dir_with_a_run_needs_load(uninterrupted, tmp_path, capsys):
     assert "holds a different run" in capsys.readouterr().err
 
 
-def test_sdpa_attention_trains_the_same_model(tmp_path_factory, tmp_path):
+def test_sdpa_attention_trains_the_same_model(tmp_path_factory, tmp_path, monkeypatch):
     """--attention sdpa swaps megatron's core attention for flash attention through torch's SDPA:
     same parameters, same numerics up to fp32 rounding, so the logged losses agree closely."""
+    import torch.nn.functional as F
+
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def counted(*args, **kwargs):   # megatron's own attention never calls SDPA
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
     uninterrupted = reference_run(tmp_path_factory)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", counted)
     run_dir = tmp_path / "sdpa"
     assert run_pretrain(RUN + ["--mock-data", "--attention", "sdpa",
                                       "--run-dir", str(run_dir)]) == 0
     ours = [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
     reference = [r["loss"] for r in read_metrics(uninterrupted / "metrics.jsonl") if "loss" in r]
     assert len(ours) == len(reference) == 6
-    # w4a4 flips a rounding now and then when the attention sums in another order, hence 1e-3
+    # The attention output differs in the last bits; w4a4's activation quantizers downstream
+    # could flip a level on that (none did when measured: the losses were equal), hence 1e-3.
     assert ours == pytest.approx(reference, rel=1e-3)
-    # ...but not bit for bit: the other attention kernel really ran
-    assert ours != reference
+    assert calls, "the SDPA kernel never ran"
     assert json.loads((run_dir / "run.json").read_text())["args"]["attention"] == "sdpa"
 
 
@@ -180,7 +190,7 @@ def test_an_in_process_run_leaves_no_rendezvous_behind(tmp_path, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.delenv("MASTER_PORT", raising=False)
     at = RUN.index("--train-iters") + 1
-    short = RUN[:at] + ["1"] + RUN[at + 1:]
+    short = RUN[:at] + ["2"] + RUN[at + 1:] + ["--lr-warmup-iters", "1"]
     assert run_pretrain(short + ["--mock-data", "--run-dir", str(tmp_path / "one")]) == 0
     assert "MASTER_ADDR" not in os.environ and "MASTER_PORT" not in os.environ
     assert not torch.distributed.is_initialized()
