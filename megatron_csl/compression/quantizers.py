@@ -126,7 +126,7 @@ class IntQuant:
 
         The sym grid's levels (k + 1/2) step are the odd codes 2k+1 times step/2, so both grids
         have integer codes; codes * unit is one rounding of the exact level, the same float as
-        (k + 1/2) * step. Groups whose statistic is 0 get unit 0 (their values are 0).
+        (k + 1/2) * step. Groups whose statistic is 0 get codes 0 and unit 0.
         """
         qmin, qmax = self._code_range()
         positive = step > 0
@@ -137,7 +137,8 @@ class IntQuant:
         else:
             codes = (x_v / safe_step).round().clamp(qmin, qmax)
             unit = safe_step
-        return codes, torch.where(positive, unit, torch.zeros_like(unit)), positive
+        zero = torch.zeros_like(unit)
+        return torch.where(positive, codes, zero), torch.where(positive, unit, zero), positive
 
     def _trust_mask(self, x_v, value, step, positive, grouped, mask_v):
         if self.bits == 1:

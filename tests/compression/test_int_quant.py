@@ -246,3 +246,30 @@ def test_zero_grid_values_are_integer_multiples_of_step(values, bits):
     codes = out / step
     torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0)
     assert codes.min() >= -(2 ** (bits - 1)) - 1e-4 and codes.max() <= 2 ** (bits - 1) - 1 + 1e-4
+
+
+# ---- integer codes (the exact int x int matmul of megatron_csl/layers/linear.py) ---------------
+@settings(max_examples=60, deadline=None)
+@given(matrices, st.sampled_from(["w4a4", "w2a2", "w1.58a8", "w3a3:zero,absmax,tensor",
+                                  "w4a4:absmean,trust", "s50+w4a4", "s50:nm2/4+w2a4:trust",
+                                  "w1a1", "w8a8:zero"]))
+def test_codes_times_unit_is_the_compressed_value_with_its_gradient(w, spec_text):
+    spec = parse_spec(spec_text)
+    w = torch.as_tensor(w, dtype=torch.float32)
+    for codes_of, compress_of, bound in (
+            (spec.weight_codes, spec.compress_weight, spec.weight.code_bound),
+            (spec.activation_codes, spec.quantize_activation, spec.activation.code_bound)):
+        x = w.clone().requires_grad_(True)
+        codes, unit = codes_of(x)
+        assert torch.equal(codes, codes.round()) and codes.abs().max() <= bound
+        x_ref = w.clone().requires_grad_(True)
+        reference = compress_of(x_ref)
+        assert torch.equal(codes.detach() * unit, reference.detach())
+        # The codes carry the estimator's gradient divided by the unit, except in an all-zero
+        # row (unit 0: its output is 0 whatever the codes, so no gradient passes; documented).
+        g = torch.randn_like(w)
+        (codes * unit).backward(g)
+        reference.backward(g)
+        live = (unit > 0).expand_as(w) if unit.numel() > 1 else torch.full_like(w, bool(unit > 0), dtype=torch.bool)
+        torch.testing.assert_close(x.grad[live], x_ref.grad[live], rtol=1e-5, atol=1e-6)
+        assert not codes.detach()[~live].any()
