@@ -44,7 +44,7 @@ class DemoSettings:
 
 
 CPU = DemoSettings(sweep_file="launch/sweeps/demo.yaml", train_shards=2, docs_per_shard=6000,
-                   vocab_size=512, tokenizer_sample_docs=3000, parallel_runs=4, bootstrap=1000)
+                   vocab_size=512, tokenizer_sample_docs=3000, parallel_runs=2, bootstrap=1000)
 GPU = DemoSettings(sweep_file="launch/sweeps/demo_gpu.yaml", train_shards=8, docs_per_shard=40000,
                    vocab_size=4096, tokenizer_sample_docs=20000, parallel_runs=1, bootstrap=1000)
 
