@@ -151,7 +151,6 @@ class CompressionSpec:
         out = fake_quantize(self.activation, x2, shard.activation_group(), None)
         return out.reshape(x.shape).to(x.dtype)
 
-
     # ---- exact integer matmul -----------------------------------------------------------------
     def integer_matmul_exact(self, in_features: int) -> bool:
         """Whether a matmul over `in_features` (the full, unsharded input dimension) can run on
