@@ -124,12 +124,16 @@ class CompressionSpec:
             if fast is not None:
                 return fast
         x = w.float()
-        keep = sparse_grad = None
-        if self.sparsity_format is not None:
-            keep, sparse_grad = self.sparsity_format.mask(x, shard)
+        keep, sparse_grad = self._prune(x, shard)
         out = fake_quantize(self.weight, x, shard.weight_group(1), shard.weight_tensor_group(),
                             keep, sparse_grad)
         return out.to(w.dtype)
+
+    def _prune(self, x: torch.Tensor, shard: ShardContext):
+        """(keep mask, sparsity gradient mask) of float32 weight x, or (None, None) when dense."""
+        if self.sparsity_format is None:
+            return None, None
+        return self.sparsity_format.mask(x, shard)
 
     def quantize_activation(self, x: torch.Tensor, shard: ShardContext = LOCAL) -> torch.Tensor:
         """Quantized activation [..., in_local], per-token statistics over the last dimension."""
@@ -168,9 +172,7 @@ class CompressionSpec:
         """(codes [out, in_local], unit [out, 1] or [1, 1]): codes * unit == compress_weight(w).
         Only for specs with integer_matmul_exact."""
         x = w.float()
-        keep = sparse_grad = None
-        if self.sparsity_format is not None:
-            keep, sparse_grad = self.sparsity_format.mask(x, shard)
+        keep, sparse_grad = self._prune(x, shard)
         codes, unit = integer_operand(self.weight, x, shard.weight_group(1),
                                       shard.weight_tensor_group(), keep, sparse_grad)
         return codes.to(w.dtype), unit.to(w.dtype)
