@@ -179,6 +179,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler,
     metadata = sharded_state_metadata(use_distributed_optimizer)
     state = _state_dict(model, optimizer, scheduler, metadata, training_state,
                         is_loading=False, with_rng=True)
+    megatron_fixes.in_process_save_results()
     dist_checkpointing.save(state, str(tmp), content_metadata=metadata)
     dist_utils.barrier()
     if dist_utils.is_rank0():

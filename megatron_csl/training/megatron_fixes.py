@@ -1,4 +1,5 @@
-"""Work-arounds for megatron-core 0.16.1's DistributedOptimizer with torch's AdamW.
+"""Work-arounds for megatron-core 0.16.1: the DistributedOptimizer with torch's AdamW, and the
+synchronous checkpoint save's results queue.
 
 Without Transformer Engine or apex (CPU machines, GPU machines without TE) megatron-core falls
 back to ``torch.optim.AdamW``, which keeps a per-parameter ``step`` tensor. Two code paths of the
@@ -15,7 +16,16 @@ DistributedOptimizer do not expect that when loading a ``fully_reshardable`` che
 
 Both act on optimizer instances only (no module-level patching) and do nothing for the
 TE/apex FusedAdam, which keeps ``step`` in the parameter groups.
+
+3. ``FileSystemWriterAsync`` (the ``torch_dist`` save strategy) passes its write results through a
+   queue from ``multiprocessing.get_context("spawn").Manager()``, even for a synchronous save that
+   runs in the training process. Starting that Manager spawns a fresh Python that imports torch
+   (about 4 s on a 2-core machine, during the first save), and shutting it down at exit takes as
+   long again; a signal arriving while it starts can kill the run. Our saves are always
+   synchronous, so ``in_process_save_results`` gives megatron a plain thread-safe queue instead.
 """
+import queue
+
 import torch
 
 
@@ -64,3 +74,15 @@ def tolerate_missing_step(optimizer) -> None:
 
         opt._set_main_param_and_optimizer_states = set_states
         opt._megatron_csl_step_fix = True
+
+
+def in_process_save_results() -> None:
+    """Let synchronous dist_checkpointing saves collect write results in this process.
+
+    Only for synchronous saves (``dist_checkpointing.save`` without ``async_sharded_save``): an
+    asynchronous save would run the writers in a persistent worker that needs the Manager queue.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    if filesystem_async._results_queue is None:
+        filesystem_async._results_queue = queue.Queue()

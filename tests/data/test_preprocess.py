@@ -265,8 +265,6 @@ def test_interrupting_the_pool_stops_workers_and_a_rerun_finishes(
         raise KeyboardInterrupt  # Ctrl-C (or SIGTERM via the CLI) while other units run
 
     monkeypatch.setattr(pipeline._ProgressBar, "unit_done", interrupt_after_first)
-    # Children started before (e.g. the Manager that an earlier test's dist_checkpointing save
-    # leaves in this process) are not the pool's; only new ones count.
     before = set(multiprocessing.active_children())
     with pytest.raises(KeyboardInterrupt):
         run(paths, tiny_tokenizer, tmp_path / "i", workers=2)
