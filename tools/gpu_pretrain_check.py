@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """launch/pretrain.py on a GPU: NCCL, bf16, the distributed optimizer, compressed layers, resume.
 
-Runs (one process per visible GPU, at most 2) the same short job twice: once
+Runs (through torchrun, one process per visible GPU, at most 2) the same short job twice: once
 straight through, once stopped at the half-way checkpoint (--exit-interval, exit code 3 = requeue)
 and resumed with --load. Prints both loss columns and the largest difference, and exits 1 if the
 runs fail, if a loss is not finite, or if the resumed losses differ by more than --tolerance
@@ -26,7 +26,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megatron_csl.training import REQUEUE_EXIT_CODE  # noqa: E402
-from megatron_csl.training.checkpointing import read_latest  # noqa: E402
 
 
 def job_args(cuda: bool, compression: str, iters: int) -> list:
@@ -42,11 +41,9 @@ def job_args(cuda: bool, compression: str, iters: int) -> list:
 
 
 def launch(args: list, nproc: int) -> int:
-    # One process runs without torchrun: torchrun reports any worker failure as exit 1, so the
-    # requeue code 3 would not reach us.
-    cmd = ([sys.executable] if nproc == 1 else
-           [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}"]) + [str(REPO / "launch" / "pretrain.py")] + args
+    # megatron_csl.sweeps.torchrun: torchrun's own launcher reports the workers' exit 3 as 1.
+    cmd = [sys.executable, "-m", "megatron_csl.sweeps.torchrun", "--standalone",
+           f"--nproc-per-node={nproc}", str(REPO / "launch" / "pretrain.py")] + args
     print("$", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=REPO).returncode
 
@@ -85,8 +82,6 @@ def main(argv=None) -> int:
     if launch(base + ["--run-dir", str(straight)], nproc) != 0:
         failures.append("the uninterrupted run failed")
     code = launch(base + ["--run-dir", str(resumed), "--exit-interval", str(args.iters // 2)], nproc)
-    if nproc > 1 and code == 1 and read_latest(resumed / "checkpoints") == args.iters // 2:
-        code = REQUEUE_EXIT_CODE  # torchrun's exit 1 for the workers' 3, checkpoint in place
     if code != REQUEUE_EXIT_CODE:
         failures.append(f"the stopped run exited {code}, not {REQUEUE_EXIT_CODE} (requeue)")
     if launch(base + ["--run-dir", str(resumed), "--load"], nproc) != 0:

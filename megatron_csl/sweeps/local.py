@@ -1,7 +1,8 @@
 """The local executor: runs a sweep's runs on this machine, k at a time.
 
 One process runs plain `python launch/pretrain.py`; several run under torchrun (standalone
-rendezvous on a free port). Each run gets its own process group, so a Ctrl-C reaches only this
+rendezvous on a free port) through `megatron_csl.sweeps.torchrun`, which keeps the workers' exit
+code (torchrun's own exits 1 for any failure, requeue included). Each run gets its own process group, so a Ctrl-C reaches only this
 executor, which forwards SIGTERM to the runs: they save a checkpoint and exit 3, and the next
 `submit` resumes them. A run that exits 3 on its own (someone sent it SIGUSR1) is started again
 at once from its checkpoint, as Slurm would requeue it.
@@ -35,8 +36,8 @@ def local_command(run: RunSpec, sweep: SweepConfig, python: str = sys.executable
     nproc = run.layout.world_size
     if nproc == 1:
         return [python, "launch/pretrain.py", *args]
-    return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "launch/pretrain.py", *args]
+    return [python, "-m", "megatron_csl.sweeps.torchrun", "--standalone",
+            f"--nproc-per-node={nproc}", "launch/pretrain.py", *args]
 
 
 @dataclasses.dataclass

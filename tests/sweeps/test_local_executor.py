@@ -133,5 +133,6 @@ def test_commands_plain_python_or_torchrun(write_sweep, tmp_path):
     sweep = load_sweep(path, output_dir=tmp_path / "runs")
     one, two = expand_runs(sweep)
     assert local_command(one, sweep, "py")[:2] == ["py", "launch/pretrain.py"]
-    assert local_command(two, sweep, "py")[:6] == ["py", "-m", "torch.distributed.run", "--standalone",
-                                                   "--nproc-per-node=2", "launch/pretrain.py"]
+    assert local_command(two, sweep, "py")[:6] == ["py", "-m", "megatron_csl.sweeps.torchrun",
+                                                   "--standalone", "--nproc-per-node=2",
+                                                   "launch/pretrain.py"]
