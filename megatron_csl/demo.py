@@ -145,6 +145,12 @@ class Demo:
         fit_dir = self.out / "fit"
         fit_dir.mkdir(parents=True, exist_ok=True)
         fit_json = fit_dir / "fit.json"
+        results = list((self.out / "runs").glob("*/result.json"))
+        if fit_json.exists() and results and \
+                fit_json.stat().st_mtime > max(r.stat().st_mtime for r in results):
+            _say(f"  done already: {fit_json} (no run finished since; the table is in "
+                 f"{fit_dir / 'report.md'})")
+            return json.loads(fit_json.read_text())
         self._run(self._tool("tools/fit_laws.py") + [
             self.out / "runs", "--bootstrap", self.s.bootstrap, "--bootstrap-unit", "size", "--seed", 0,
             "--json", fit_json, "--markdown", fit_dir / "report.md", "--plot-dir", fit_dir])

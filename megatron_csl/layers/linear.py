@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
-from .resolve import resolve_compression
+from megatron_csl.compression.resolve import resolve_compression
 
 
 def _group_or_none(tp_group):

@@ -10,7 +10,7 @@ import copy
 
 from megatron.core.transformer.spec_utils import ModuleSpec
 
-from .resolve import is_dense, resolve_compression
+from megatron_csl.compression.resolve import is_dense, resolve_compression
 
 IMPLS = ("local", "te")
 # Core attention: "megatron" keeps the spec's own module (DotProductAttention for local,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import functools
 
-from .resolve import is_dense, resolve_compression
+from megatron_csl.compression.resolve import is_dense, resolve_compression
 
 
 def require_transformer_engine():

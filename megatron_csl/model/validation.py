@@ -91,7 +91,7 @@ def validate_parallel_layout(
 
 
 def _validate_compression(shape: ModelShape, tp: int, compression) -> None:
-    from megatron_csl.layers.resolve import is_dense, resolve_compression
+    from megatron_csl.compression.resolve import is_dense, resolve_compression
 
     if is_dense(compression):
         return

@@ -66,9 +66,25 @@ def test_second_demo_reuses_finished_work(demo_run, capfd):
     out, settings = demo_run
     capfd.readouterr()
     before = {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")}
+    fit_before = (out / "fit" / "fit.json").stat().st_mtime_ns
     Demo(out, settings).run()
     printed = capfd.readouterr().out
-    assert printed.count("done already") == 3          # shards, tokenizer, indexed data
+    assert printed.count("done already") == 4          # shards, tokenizer, indexed data, fit
     assert "nothing to submit: 6 finished" in printed    # the sweep skips finished runs
+    assert (out / "fit" / "fit.json").stat().st_mtime_ns == fit_before  # no run changed: no refit
+    assert "w2" in printed.split("capacity (Gaussian MSE)")[1]  # the EPM table is shown again
     assert printed.rstrip().splitlines()[-1] == f"Output folder: {out.resolve()}"
     assert {p: p.stat().st_mtime_ns for p in (out / "runs").glob("*/result.json")} == before
+
+
+def test_a_run_finished_after_the_fit_makes_the_demo_refit(demo_run):
+    import os
+    import time
+
+    out, settings = demo_run
+    fit_json = out / "fit" / "fit.json"
+    fit_before = fit_json.stat().st_mtime_ns
+    newer = time.time() + 5  # as if a run (re)finished after the last fit
+    os.utime(next((out / "runs").glob("*/result.json")), (newer, newer))
+    fit = Demo(out, settings).fit()
+    assert fit_json.stat().st_mtime_ns != fit_before and fit["n_points"] == 6
