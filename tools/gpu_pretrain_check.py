@@ -81,7 +81,8 @@ def main(argv=None) -> int:
     failures = []
     if launch(base + ["--run-dir", str(straight)], nproc) != 0:
         failures.append("the uninterrupted run failed")
-    code = launch(base + ["--run-dir", str(resumed), "--exit-interval", str(args.iters // 2)], nproc)
+    half = str(args.iters // 2)
+    code = launch(base + ["--run-dir", str(resumed), "--exit-interval", half], nproc)
     if code != REQUEUE_EXIT_CODE:
         failures.append(f"the stopped run exited {code}, not {REQUEUE_EXIT_CODE} (requeue)")
     if launch(base + ["--run-dir", str(resumed), "--load"], nproc) != 0:

@@ -29,7 +29,8 @@ def _interval_mse(levels: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
         # x phi(x) -> 0 at +-inf; evaluate it at 0 there to keep inf * 0 from producing nan.
         finite = np.isfinite(x)
         x_phi = np.where(finite, np.where(finite, x, 0.0) * _std_normal_pdf(x), 0.0)
-        return _std_normal_cdf(x) - x_phi + 2.0 * level * _std_normal_pdf(x) + level**2 * _std_normal_cdf(x)
+        cdf, pdf = _std_normal_cdf(x), _std_normal_pdf(x)
+        return cdf - x_phi + 2.0 * level * pdf + level**2 * cdf
 
     return float(np.sum(antiderivative(hi, levels) - antiderivative(lo, levels)))
 

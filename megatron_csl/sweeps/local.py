@@ -2,9 +2,9 @@
 
 One process runs plain `python launch/pretrain.py`; several run under torchrun (standalone
 rendezvous on a free port) through `megatron_csl.sweeps.torchrun`, which keeps the workers' exit
-code (torchrun's own exits 1 for any failure, requeue included). Each run gets its own process group, so a Ctrl-C reaches only this
-executor, which forwards SIGTERM to the runs: they save a checkpoint and exit 3, and the next
-`submit` resumes them. A run that exits 3 on its own (someone sent it SIGUSR1) is started again
+code (torchrun's own exits 1 for any failure, requeue included). Each run gets its own process
+group, so a Ctrl-C reaches only this executor, which forwards SIGTERM to the runs: they save a
+checkpoint and exit 3, and the next `submit` resumes them. A run that exits 3 on its own (someone sent it SIGUSR1) is started again
 at once from its checkpoint, as Slurm would requeue it.
 """
 from __future__ import annotations
