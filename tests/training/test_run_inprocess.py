@@ -198,16 +198,22 @@ def test_an_in_process_run_leaves_no_rendezvous_behind(tmp_path, monkeypatch):
     assert run_pretrain(short + ["--mock-data", "--run-dir", str(tmp_path / "two")]) == 0
 
 
-def test_checkpoint_saves_leave_no_helper_process_behind(uninterrupted):
+def test_checkpoint_saves_leave_no_helper_process_behind(tmp_path, monkeypatch):
     """megatron's save strategy starts a spawn-mode multiprocessing Manager for its results queue
     unless given one (megatron_fixes.in_process_save_results): about 4 s at the first save and as
-    long again at exit, per run. The reference run saved checkpoints in this process; nothing it
-    started may still be alive, and megatron holds our in-process queue."""
+    long again at exit, per run. A run that saves checkpoints must start no process that outlives
+    it, and leave megatron holding our in-process queue."""
     import multiprocessing
     import queue
 
     from megatron.core.dist_checkpointing.strategies import filesystem_async
 
-    assert read_latest(uninterrupted / "checkpoints") == 6
+    # As in a fresh process (an earlier test may have saved through megatron directly).
+    monkeypatch.setattr(filesystem_async, "_results_queue", None)
+    before = set(multiprocessing.active_children())
+    at = RUN.index("--train-iters") + 1
+    short = RUN[:at] + ["2"] + RUN[at + 1:] + ["--lr-warmup-iters", "1", "--save-interval", "1"]
+    assert run_pretrain(short + ["--mock-data", "--run-dir", str(tmp_path / "run")]) == 0
+    assert read_latest(tmp_path / "run" / "checkpoints") == 2
     assert isinstance(filesystem_async._results_queue, queue.Queue)
-    assert multiprocessing.active_children() == []
+    assert set(multiprocessing.active_children()) - before == set()
