@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from megatron_csl.training import REQUEUE_EXIT_CODE  # noqa: E402
+from megatron_csl.training.rundir import read_metrics  # noqa: E402
 
 
 def job_args(cuda: bool, compression: str, iters: int) -> list:
@@ -48,16 +48,8 @@ def launch(args: list, nproc: int) -> int:
     return subprocess.run(cmd, cwd=REPO).returncode
 
 
-def losses(run_dir: Path) -> dict:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
-
-
-def last_speed(run_dir: Path) -> float:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-            if line.strip()]
-    return [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][-1]
+def train_rows(run_dir: Path) -> list:
+    return [r for r in read_metrics(run_dir / "metrics.jsonl") if "loss" in r]
 
 
 def main(argv=None) -> int:
@@ -67,6 +59,8 @@ def main(argv=None) -> int:
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--tolerance", type=float, default=2e-2)
     args = p.parse_args(argv)
+    if args.iters < 2:
+        p.error(f"--iters must be at least 2 (the run stops at iters // 2), got {args.iters}")
 
     import torch
 
@@ -91,7 +85,9 @@ def main(argv=None) -> int:
         print("FAILED:", "; ".join(failures))
         return 1
 
-    a, b = losses(straight), losses(resumed)
+    straight_rows = train_rows(straight)
+    a = {r["step"]: r["loss"] for r in straight_rows}
+    b = {r["step"]: r["loss"] for r in train_rows(resumed)}
     worst = 0.0
     print(f"{'step':>5} {'straight':>10} {'resumed':>10}")
     for step in sorted(a):
@@ -105,7 +101,7 @@ def main(argv=None) -> int:
     result = json.loads((straight / "result.json").read_text())
     print(f"largest relative loss difference after resume: {worst:.2e} "
           f"(tolerance {args.tolerance:g}); val_loss {result['val_loss']:.4f}; "
-          f"tokens/s at the last logged step: {last_speed(straight):,.0f}")
+          f"tokens/s at the last logged step: {straight_rows[-1]['tokens_per_s']:,.0f}")
     if worst > args.tolerance:
         failures.append(f"resume differs by {worst:.2e}")
     if failures:
