@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """launch/pretrain.py on a GPU: NCCL, bf16, the distributed optimizer, compressed layers, resume.
 
-Runs (through torchrun, one process per visible GPU, at most 2) the same short job twice: once
+Runs (one process per visible GPU, at most 2) the same short job twice: once
 straight through, once stopped at the half-way checkpoint (--exit-interval, exit code 3 = requeue)
 and resumed with --load. Prints both loss columns and the largest difference, and exits 1 if the
 runs fail, if a loss is not finite, or if the resumed losses differ by more than --tolerance
@@ -41,9 +41,11 @@ def job_args(cuda: bool, compression: str, iters: int) -> list:
 
 
 def launch(args: list, nproc: int) -> int:
-    # megatron_csl.sweeps.torchrun: torchrun's own launcher reports the workers' exit 3 as 1.
-    cmd = [sys.executable, "-m", "megatron_csl.sweeps.torchrun", "--standalone",
-           f"--nproc-per-node={nproc}", str(REPO / "launch" / "pretrain.py")] + args
+    # As the local sweep executor starts runs: one process plainly, several through
+    # megatron_csl.sweeps.torchrun (torchrun's own launcher reports the workers' exit 3 as 1).
+    launcher = [] if nproc == 1 else ["-m", "megatron_csl.sweeps.torchrun", "--standalone",
+                                      f"--nproc-per-node={nproc}"]
+    cmd = [sys.executable, *launcher, str(REPO / "launch" / "pretrain.py")] + args
     print("$", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=REPO).returncode
 
