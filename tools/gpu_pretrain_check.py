@@ -24,6 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from megatron_csl.sweeps.local import launcher  # noqa: E402
 from megatron_csl.training import REQUEUE_EXIT_CODE  # noqa: E402
 from megatron_csl.training.rundir import read_metrics  # noqa: E402
 
@@ -41,11 +42,8 @@ def job_args(cuda: bool, compression: str, iters: int) -> list:
 
 
 def launch(args: list, nproc: int) -> int:
-    # As the local sweep executor starts runs: one process plainly, several through
-    # megatron_csl.sweeps.torchrun (torchrun's own launcher reports the workers' exit 3 as 1).
-    launcher = [] if nproc == 1 else ["-m", "megatron_csl.sweeps.torchrun", "--standalone",
-                                      f"--nproc-per-node={nproc}"]
-    cmd = [sys.executable, *launcher, str(REPO / "launch" / "pretrain.py")] + args
+    # As the local sweep executor starts runs (torchrun's own launcher would turn exit 3 into 1).
+    cmd = launcher(sys.executable, nproc) + [str(REPO / "launch" / "pretrain.py")] + args
     print("$", " ".join(cmd), flush=True)
     return subprocess.run(cmd, cwd=REPO).returncode
 

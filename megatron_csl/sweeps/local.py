@@ -33,11 +33,16 @@ def local_command(run: RunSpec, sweep: SweepConfig, python: str = sys.executable
         raise SweepError(f"run {run.name}: the local executor runs on this machine, but the layout asks "
                          f"for {run.layout.nodes} nodes; set layout.nodes: 1 or use --executor slurm")
     args = pretrain_args(run, sweep.output_dir / run.name, sweep)
-    nproc = run.layout.world_size
+    return launcher(python, run.layout.world_size) + ["launch/pretrain.py", *args]
+
+
+def launcher(python: str, nproc: int) -> list[str]:
+    """What starts a script on `nproc` local processes: plain python for one, else torchrun
+    through megatron_csl.sweeps.torchrun (which keeps the workers' requeue exit code)."""
     if nproc == 1:
-        return [python, "launch/pretrain.py", *args]
+        return [python]
     return [python, "-m", "megatron_csl.sweeps.torchrun", "--standalone",
-            f"--nproc-per-node={nproc}", "launch/pretrain.py", *args]
+            f"--nproc-per-node={nproc}"]
 
 
 @dataclasses.dataclass
