@@ -86,7 +86,8 @@ def main(argv=None):
         ffn_hidden_size=args.ffn, seq_length=args.seq, micro_batch_size=args.micro_batch,
         vocab_size=args.vocab, steps=args.steps, warmup=args.warmup,
         matmul_n=args.matmul_n).items() if v is not None}
-    overrides["kernels"] = not args.no_kernels
+    if args.no_kernels:  # otherwise MEGATRON_CSL_KERNELS decides (1, 0 or check)
+        overrides["kernels"] = False
     if cuda:
         overrides["bf16"] = not args.fp32
         cfg = bench.StepBenchConfig(**overrides)

@@ -19,7 +19,9 @@ def test_cuda_matches_cpu(text):
     x = torch.randn(4, 8, 256, generator=gen)
     results = {}
     for device in ("cpu", "cuda"):
-        wd = w.to(device).requires_grad_(True)
+        # A fresh leaf per device: w.to("cpu") is w itself, so requires_grad_ on it would make
+        # the CUDA copy a non-leaf (its .grad stays None).
+        wd = w.detach().clone().to(device).requires_grad_(True)
         out = spec.compress_weight(wd)
         (out * up.to(device)).sum().backward()
         results[device] = (out.detach().cpu(), wd.grad.cpu(), spec.quantize_activation(x.to(device)).cpu())

@@ -8,6 +8,7 @@ matmul rate measured in the same run (see flops.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import os
@@ -36,7 +37,8 @@ class StepBenchConfig:
     vocab_size: int = 32000
     bf16: bool = True
     attention: str = "sdpa"
-    kernels: bool = True
+    # None: MEGATRON_CSL_KERNELS decides (1, 0 or check); False: reference only (--no-kernels).
+    kernels: Optional[bool] = None
     warmup: int = 3
     steps: int = 10
     matmul_n: int = 8192
@@ -77,6 +79,26 @@ class StepResult:
     error: Optional[str] = None          # e.g. "out of memory"
 
 
+def resolve_device(device) -> torch.device:
+    """`device` with an index: torch.cuda.set_device refuses a CUDA device without one, so plain
+    "cuda" becomes the current CUDA device ("cuda:0" unless CUDA_VISIBLE_DEVICES / set_device
+    said otherwise)."""
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def kernel_mode_context(kernels_flag: Optional[bool]):
+    """The kernel mode for a benchmark run: the environment's (MEGATRON_CSL_KERNELS, e.g.
+    `check`) unless the benchmark was told to turn the kernels off."""
+    from megatron_csl import kernels
+
+    if kernels_flag is False:
+        return kernels.use_kernels(False)
+    return contextlib.nullcontext()
+
+
 def init_single_process(device: torch.device, seed: int = 1234) -> None:
     """A world of one: process group (NCCL on a GPU, gloo on a CPU) and megatron parallel state."""
     import torch.distributed as dist
@@ -90,7 +112,7 @@ def init_single_process(device: torch.device, seed: int = 1234) -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import model_parallel_cuda_manual_seed
 
-    torch.cuda.set_device(device)
+    torch.cuda.set_device(resolve_device(device))
     if not dist.is_initialized():
         fd, path = tempfile.mkstemp(prefix="mcsl_bench_pg_")
         os.close(fd)
@@ -167,7 +189,6 @@ def _is_oom(err: BaseException) -> bool:
 
 def bench_format(compression: str, cfg: StepBenchConfig, device: torch.device,
                  rate: float) -> StepResult:
-    from megatron_csl import kernels
     from megatron_csl.compression import parse_spec
 
     spec = parse_spec(compression)
@@ -177,7 +198,7 @@ def bench_format(compression: str, cfg: StepBenchConfig, device: torch.device,
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with kernels.use_kernels(cfg.kernels):
+        with kernel_mode_context(cfg.kernels):
             step, objects = build_training_step(compression, cfg, device)
             times = time_calls(step, device, warmup=cfg.warmup, iters=cfg.steps)
         result.step_s = statistics.median(times)
@@ -205,7 +226,7 @@ def _kernel_summary(spec, cfg: StepBenchConfig, device: torch.device) -> str:
 
     if spec.is_dense:
         return "-"
-    if not cfg.kernels:
+    if cfg.kernels is False or kernels.kernel_mode() == "0":
         return f"reference ({kernels.ENV_VAR} off)"
     if device.type != "cuda":
         return "reference (CPU)"
@@ -218,7 +239,7 @@ def _kernel_summary(spec, cfg: StepBenchConfig, device: torch.device) -> str:
 def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepBenchConfig,
                    progress: Callable[[str], None] = print):
     """Results for every (attention, format) and the measured matmul rate (FLOP/s)."""
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     init_single_process(device)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
     progress(f"measuring the {str(dtype).replace('torch.', '')} matmul rate "
