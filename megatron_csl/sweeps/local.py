@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from megatron_csl.training.lock import SUBMIT_LOCK, RunDirLock, RunDirLockedError
+
 from . import rundir
 from .config import SweepConfig
 from .errors import SweepError
@@ -50,6 +52,7 @@ class _Active:
     run: RunSpec
     proc: subprocess.Popen
     log: object
+    lock: RunDirLock
     requeues: int = 0
 
 
@@ -83,11 +86,26 @@ class LocalExecutor:
             except ProcessLookupError:
                 pass
 
-    def _start(self, run: RunSpec, requeues: int = 0) -> _Active:
+    def _claim(self, run: RunSpec) -> tuple:
+        """(lock, None) when this executor may start ``run``, else (None, why not): another
+        submit holds it (a second `submit` started at the same time), or it finished meanwhile."""
+        run_dir = self.sweep.output_dir / run.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunDirLock(run_dir, SUBMIT_LOCK, "launch/sweep.py submit (local executor)")
+        try:
+            lock.acquire()
+        except RunDirLockedError as e:
+            return None, str(e)
+        result = rundir.read_json(run_dir / rundir.RESULT_JSON)
+        if isinstance(result, dict) and result.get("status") == "finished":
+            lock.release()
+            return None, "finished meanwhile"
+        return lock, None
+
+    def _start(self, run: RunSpec, lock: RunDirLock, requeues: int = 0) -> _Active:
         import psutil
 
         run_dir = self.sweep.output_dir / run.name
-        run_dir.mkdir(parents=True, exist_ok=True)
         cmd = local_command(run, self.sweep, self.python)
         log = open(run_dir / "local.log", "ab")
         log.write(f"[sweep] {rundir.now_iso()} {' '.join(cmd)}\n".encode())
@@ -103,7 +121,7 @@ class LocalExecutor:
             create_time = 0.0
         rundir.record_local_submission(run_dir, proc.pid, create_time, cmd, self.sweep.name)
         rundir.record_attempt(run_dir, "start", job_id=f"local:{proc.pid}", restart=requeues)
-        return _Active(run=run, proc=proc, log=log, requeues=requeues)
+        return _Active(run=run, proc=proc, log=log, lock=lock, requeues=requeues)
 
     def _postfix(self) -> str:
         parts = []
@@ -132,7 +150,13 @@ class LocalExecutor:
             while pending or self._active:
                 while pending and len(self._active) < self.parallel and self._stop_signal is None:
                     run = pending.pop(0)
-                    self._active[run.name] = self._start(run)
+                    lock, why_not = self._claim(run)
+                    if lock is None:
+                        bar.write(f"[sweep] skip {run.name}: {why_not}")
+                        results[run.name] = None
+                        bar.update(1)
+                        continue
+                    self._active[run.name] = self._start(run, lock)
                 if self._stop_signal is not None and not self._active:
                     break
                 time.sleep(POLL_S)
@@ -149,8 +173,10 @@ class LocalExecutor:
                     if (rc == REQUEUE_EXIT_CODE and self._stop_signal is None
                             and active.requeues < self.max_requeues):
                         bar.write(f"[sweep] {name}: exited {rc} (checkpoint saved); starting it again")
-                        self._active[name] = self._start(active.run, active.requeues + 1)
+                        self._active[name] = self._start(active.run, active.lock,
+                                                         active.requeues + 1)
                         continue
+                    active.lock.release()
                     results[name] = rc
                     bar.update(1)
                     result = rundir.read_json(run_dir / rundir.RESULT_JSON)
@@ -169,6 +195,7 @@ class LocalExecutor:
                 signal.signal(sig, handler)
             for active in self._active.values():
                 _signal_group(active.proc, signal.SIGKILL)
+                active.lock.release()
         return results
 
 

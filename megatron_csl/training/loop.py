@@ -25,14 +25,13 @@ from . import data as data_mod
 from . import distributed as dist_utils
 from .config import parse_args
 from .errors import ConfigError, DivergenceError, PretrainError
+from .lock import RUN_LOCK, RunDirLock
 from .model_setup import build_training_objects, check_schedule_matches, current_lr
 from .plan import RunPlan, resolve_plan, run_json
+from .resume_check import check_same_run
 from .rundir import (METRICS_JSONL, RESULT_JSON, RUN_JSON, MetricsLog, atomic_write_json,
                      progress_line, read_json, read_metrics)
 from .signals import REQUEUE_EXIT_CODE, PreemptionWatcher
-
-# run.json fields that must agree when resuming (anything else may change, e.g. the layout).
-_IDENTITY_FIELDS = ("model", "N", "compression", "seed")
 
 
 def _print0(*parts, file=None):
@@ -82,6 +81,7 @@ class Trainer:
         self.last_val_loss: Optional[float] = None
         self.wall_s_before = 0.0
         self.last_saved_step: Optional[int] = None
+        self.lock = RunDirLock(plan.run_dir, RUN_LOCK, "a training process")  # rank 0 takes it
 
     # ------------------------------------------------------------------ run directory
     def _prepare_run_dir(self):
@@ -95,7 +95,14 @@ class Trainer:
             except OSError as e:
                 decision["error"] = f"--run-dir {str(run_dir)!r}: cannot create it ({e})"
             else:
-                decision.update(self._decide(run_dir))
+                try:
+                    self.lock.acquire()      # held until run() returns (or the process dies)
+                    decision.update(self._decide(run_dir))
+                except ConfigError as e:
+                    decision["error"] = str(e)
+                except OSError as e:   # e.g. a read-only run directory
+                    decision["error"] = (f"--run-dir {str(run_dir)!r} is not writable: "
+                                         f"{e.strerror} ({e.filename})")
         decision = dist_utils.broadcast_object(decision)
         if decision["error"]:
             raise ConfigError(decision["error"])
@@ -111,17 +118,12 @@ class Trainer:
             if latest is not None or has_rows or (run_dir / RESULT_JSON).exists():
                 return {"error": f"--run-dir {str(run_dir)!r} already holds a run (checkpoints or "
                                  f"metrics); pass --load to resume it, or choose a new --run-dir"}
+            check_same_run(run_dir, previous, run_json(plan), resuming=False)
             return {}
         result = read_json(run_dir / RESULT_JSON)
         if result is not None and result.get("status") == "finished":
             return {"finished": True}
-        if previous is not None and latest is not None:
-            current = run_json(plan)
-            diffs = [f"{k}: was {previous.get(k)!r}, now {current[k]!r}"
-                     for k in _IDENTITY_FIELDS if previous.get(k) != current[k]]
-            if diffs:
-                return {"error": f"--load: {str(run_dir)!r} holds a different run ("
-                                 + "; ".join(diffs) + "); use a new --run-dir"}
+        check_same_run(run_dir, previous, run_json(plan), resuming=latest is not None)
         restarts = previous.get("restarts", 0) + 1 if previous is not None else 0
         return {"resume": None if latest is None else (latest[0], str(latest[1])),
                 "restarts": restarts}
@@ -247,8 +249,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ main
     def run(self) -> int:
-        plan, args = self.plan, self.args
         self.t_start = time.time()
+        try:
+            return self._run()
+        finally:
+            self.lock.release()
+
+    def _run(self) -> int:
+        plan, args = self.plan, self.args
         decision = self._prepare_run_dir()
         if decision["finished"]:
             _print0(f"[pretrain] {plan.run_dir} already finished (result.json); nothing to do")
@@ -286,8 +294,11 @@ class Trainer:
             preempt, top_token = dist_utils.all_reduce_max(
                 [1.0 if self.watcher.requested else 0.0, top_token])
             if preempt:
-                if self.step > 0:   # at step 0 there is nothing to keep: a requeue starts over
-                    self.save()
+                if self.step == 0:   # nothing to keep: a requeue starts over
+                    _print0(f"[pretrain] preempted before the first step: nothing trained, no "
+                            f"checkpoint written; exiting with code {REQUEUE_EXIT_CODE} (requeue)")
+                    return REQUEUE_EXIT_CODE
+                self.save()
                 _print0(f"[pretrain] preempted at step {self.step}: checkpoint saved, exiting "
                         f"with code {REQUEUE_EXIT_CODE} (requeue)")
                 return REQUEUE_EXIT_CODE
@@ -363,7 +374,9 @@ class Trainer:
         atomic_write_json(plan.run_dir / RESULT_JSON, {
             "val_loss": self.last_val_loss,
             "N": plan.n_params,
-            "D": plan.train_tokens,
+            # The tokens actually trained (equal to the plan's D: resume_check refuses a resume
+            # that would change the batch).
+            "D": self.consumed_samples * plan.seq_length,
             "compression": plan.compression,
             "status": "finished",
             "train_loss": self.last_train_loss,
