@@ -70,7 +70,11 @@ def _int_constants(quantizer):
     return flags, consts64, consts32
 
 
-def _constant_tensors(quantizer, device):
+@functools.lru_cache(maxsize=None)
+def _constant_tensors(quantizer, device: torch.device):
+    """The constants as device tensors, made once per quantizer and device: torch.tensor(...,
+    device="cuda") is a host-to-device copy that synchronizes, so it must not run per call
+    (tests/kernels/test_no_host_sync.py)."""
     flags, c64, c32 = _int_constants(quantizer)
     return (flags, torch.tensor(c64, dtype=torch.float64, device=device),
             torch.tensor(c32, dtype=torch.float32, device=device))
