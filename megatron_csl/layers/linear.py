@@ -16,6 +16,8 @@ from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinea
 
 from megatron_csl.compression.resolve import resolve_compression
 
+from .weight_cache import CompressedWeightCache, cached_compression
+
 
 def _group_or_none(tp_group):
     """The TP process group, or None when the layer is not sharded (TP=1)."""
@@ -56,6 +58,10 @@ class _CompressedLinear:
                                   weight_split_dim=weight_split_dim if sharded else None,
                                   input_split=input_split and sharded)
         self._integer_matmul_exact = self.compression.integer_matmul_exact(self.input_size)
+        self._weight_cache = CompressedWeightCache()
+
+    def _cached(self, weight, kind: str, compute):
+        return cached_compression(self, weight, kind, compute)
 
     def _forward_impl(self, input, weight, *args, **kwargs):
         spec = self.compression
@@ -63,13 +69,15 @@ class _CompressedLinear:
             # codes_x @ codes_w^T is exact, whatever order the matmul (or TP's all-reduce) sums
             # in; the units multiply the result afterwards (see _apply_units).
             input, x_unit = spec.activation_codes(input, self.shard)
-            weight, w_unit = spec.weight_codes(weight, self.shard)
+            weight, w_unit = self._cached(weight, "codes",
+                                          lambda w: spec.weight_codes(w, self.shard))
             return self._apply_units(super()._forward_impl(input, weight, *args, **kwargs),
                                      (x_unit, w_unit.reshape(-1)))
         if spec.compresses_activations:
             input = spec.quantize_activation(input, self.shard)
         if spec.compresses_weights:
-            weight = spec.compress_weight(weight, self.shard)
+            (weight,) = self._cached(weight, "values",
+                                     lambda w: (spec.compress_weight(w, self.shard),))
         return super()._forward_impl(input, weight, *args, **kwargs)
 
     def _runs_on_integer_codes(self, input, weight, bias) -> bool:

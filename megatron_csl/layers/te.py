@@ -69,12 +69,20 @@ class _CompressedTE:
             weight_split_dim=self.weight_split_dim if group is not None else None,
             input_split=self.input_split and group is not None,
         )
+        from .weight_cache import CompressedWeightCache
+
+        self._weight_cache = CompressedWeightCache()
 
     def _get_weight_tensors(self):
         weights = super()._get_weight_tensors()
         if not self.compression.compresses_weights:
             return weights
-        return [self.compression.compress_weight(w, self.shard) for w in weights]
+        # Once per optimizer step (weight_cache.py), one cache slot per weight tensor.
+        from .weight_cache import cached_compression
+
+        return [cached_compression(self, w, f"values{i}",
+                                   lambda t: (self.compression.compress_weight(t, self.shard),))[0]
+                for i, w in enumerate(weights)]
 
     def forward(self, x):
         if self.quantizes_input and self.compression.compresses_activations:

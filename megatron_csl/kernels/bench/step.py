@@ -34,6 +34,7 @@ class StepBenchConfig:
     ffn_hidden_size: int = 2816
     seq_length: int = 2048
     micro_batch_size: int = 8
+    micro_batches: int = 1               # per optimizer step (gradient accumulation)
     vocab_size: int = 32000
     bf16: bool = True
     attention: str = "sdpa"
@@ -63,7 +64,7 @@ class StepBenchConfig:
 
     @property
     def tokens_per_step(self) -> int:
-        return self.micro_batch_size * self.seq_length
+        return self.micro_batch_size * self.micro_batches * self.seq_length
 
 
 @dataclasses.dataclass
@@ -173,12 +174,15 @@ def build_training_step(compression: str, cfg: StepBenchConfig, device: torch.de
         return output, _loss_func
 
     def step():
+        """One optimizer step; returns megatron's per-micro-batch {"lm loss": tensor}."""
         model.zero_grad_buffer()
         optimizer.zero_grad()
-        forward_backward(forward_step_func=forward_step, data_iterator=iter([None]),
-                         model=[model], num_microbatches=1, seq_length=cfg.seq_length,
-                         micro_batch_size=cfg.micro_batch_size, forward_only=False)
+        losses = forward_backward(
+            forward_step_func=forward_step, data_iterator=iter([None] * cfg.micro_batches),
+            model=[model], num_microbatches=cfg.micro_batches, seq_length=cfg.seq_length,
+            micro_batch_size=cfg.micro_batch_size, forward_only=False)
         optimizer.step()
+        return losses
 
     return step, (model, optimizer)
 
