@@ -56,6 +56,7 @@ class BootstrapResult:
     epm: dict                        # format -> Interval
     extra_starts: int
     unit: str = "run"                # "run" (stratified by format) or "size" (paired)
+    n_failed: int = 0                # resamples whose best L-BFGS-B run did not converge
 
 
 def resample_weights(fmt: np.ndarray, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -131,7 +132,8 @@ def bootstrap_fit(result: FitResult, n_resamples: int = 1000, seed: int = 0, *,
     starts = np.array(warm_starts(result, extra_starts))
     with FitPool(problem, options, workers, progress) as pool:
         fits = pool.resample(weights, starts)
-    thetas = np.array([theta for _, theta in fits])
+    thetas = np.array([theta for _, theta, _ in fits])
+    n_failed = sum(1 for _, _, converged in fits if not converged)
 
     param_samples = [reported_params(problem, t) for t in thetas]
     params = {name: percentile_interval(np.array([p[name] for p in param_samples]), value, level)
@@ -140,4 +142,5 @@ def bootstrap_fit(result: FitResult, n_resamples: int = 1000, seed: int = 0, *,
     epm_samples = [problem.law.epm(t[n_base:]) for t in thetas]
     epm = {f: percentile_interval(np.array([e[f] for e in epm_samples]), result.epm[f], level)
            for f in result.formats}
-    return BootstrapResult(n_resamples, seed, level, thetas, params, epm, extra_starts, unit)
+    return BootstrapResult(n_resamples, seed, level, thetas, params, epm, extra_starts, unit,
+                           n_failed)

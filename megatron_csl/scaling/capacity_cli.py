@@ -18,20 +18,50 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print only a JSON list, one object per spec")
     p.add_argument("--calibrate", metavar="FIT_JSON",
                    help="refit (Lc, F, C) on the EPMs measured in a fit_laws.py --json file and "
-                        "predict with them")
+                        "predict with them; refuses EPMs the fit's diagnostics put in doubt")
+    p.add_argument("--force", action="store_true",
+                   help="with --calibrate: use EPMs flagged by the fit's diagnostics anyway")
     return p
+
+
+def flagged_epms(fit_json_path, specs) -> dict:
+    """{spec: [diagnostic lines]} of the measured EPMs the fit's diagnostics concern."""
+    from .diagnostics import concerns_epm
+
+    with open(fit_json_path) as f:
+        diags = json.load(f).get("diagnostics") or []
+    out = {}
+    for spec in specs:
+        hits = [f"[{d.get('code')}] {d.get('message')}" for d in diags
+                if isinstance(d, dict) and concerns_epm(d, spec)]
+        if hits:
+            out[spec] = hits
+    return out
 
 
 def run(args) -> int:
     from megatron_csl.compression import CapacityParams
 
+    if args.force and not args.calibrate:
+        raise ValueError("--force only applies to --calibrate FIT_JSON")
+    measured = None
+    if args.calibrate:   # checked before any work: the file, its EPMs and its diagnostics
+        from .runs import canonical_spec
+        raw = measured_epms(args.calibrate)
+        flagged = flagged_epms(args.calibrate, raw)
+        if flagged and not args.force:
+            detail = "".join(f"\n  {spec}: " + "\n    ".join(lines) for spec, lines in flagged.items())
+            raise ValueError(f"{args.calibrate}: the fit's diagnostics put the EPM(s) of "
+                             f"{', '.join(flagged)} in doubt; refusing to calibrate on them (fix the "
+                             f"data or refit, or pass --force to use them anyway):{detail}")
+        for spec in flagged:
+            print(f"capacity.py: warning: --force: calibrating on the flagged EPM of {spec}",
+                  file=sys.stderr)
+        measured = {canonical_spec(s): v for s, v in raw.items()}
     rows = [describe(s) for s in args.specs]  # SpecError (ValueError) on a bad spec
     calib = None
-    if args.calibrate:
-        measured = measured_epms(args.calibrate)
+    if measured is not None:
         from .formats import gmse_parts
-        from .runs import canonical_spec
-        measured = {canonical_spec(s): v for s, v in measured.items()}
         calib = calibrate(measured, {s: gmse_parts(s) for s in measured})
         for row in rows:
             row["default_epm"] = row["predicted_epm"]

@@ -5,11 +5,14 @@ import argparse
 import sys
 
 from .bootstrap import bootstrap_fit
+from .diagnostics import diagnose_fit
 from .fitting import FitOptions, fit_runs
+from .formats import law_inputs
 from .laws import LAW_NAMES
 from .parallel import default_workers
 from .predict import parse_predict_arg, predict
 from .report import build_report, check_finite, format_markdown, format_text
+from .validation import check_predictions, predict_values_as_options
 from .runs import canonical_spec, collect_runs, read_epoch_chinchilla
 from .outputs import write_json, write_text
 
@@ -29,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "loss; D = FLOP/(6N); the 5 highest losses dropped as Epoch did)")
     p.add_argument("--law", choices=LAW_NAMES, default="compression",
                    help="compression (default): one free EPM per format; chinchilla: E + A/N^alpha + "
-                        "B/D^beta on one format; capacity: EPM = Lc*tanh(F*log_1/4 GMSE)^C")
+                        "B/D^beta on one format; capacity: EPM = Lc*tanh(F*log_1/4 GMSE)^C; "
+                        "precision (Kumar et al. 2024): EPM = (1-e^{-P/gamma}) per part, P its bits")
     p.add_argument("--format", dest="only", action="append", default=[], metavar="SPEC",
                    help="fit only runs of this format (repeatable); e.g. --law chinchilla --format dense")
     p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
@@ -43,8 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", metavar="OUT", help="write the report as Markdown")
     p.add_argument("--plot-dir", metavar="DIR",
                    help="write loss_vs_N.png, epm.png, pareto.png here")
-    p.add_argument("--predict", nargs="+", default=[], metavar="N,D,SPEC",
-                   help="print predicted losses (and the Chinchilla-optimal token count)")
+    p.add_argument("--predict", nargs="+", action="extend", default=[], metavar="N,D,SPEC",
+                   help="print predicted losses (and the Chinchilla-optimal token count); every "
+                        "value is checked before the fit starts")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 4 when the fit has any diagnostic (outputs still written)")
+    p.add_argument("--compare-laws", metavar="LAW,LAW[,...]",
+                   help="also fit these laws (e.g. compression,capacity,precision) and print a "
+                        "table of RMSE(log), leave-one-size-out error and AIC per law")
+    p.add_argument("--holdout-ratio", type=float, metavar="R",
+                   help="also fit on the runs at other tokens-per-parameter ratios and report the "
+                        "prediction error on the runs at ratio R, per format")
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the bootstrap (default: all usable cores)")
     p.add_argument("--refine-top", default="64", metavar="K|all",
@@ -99,35 +112,62 @@ def run(args) -> int:
     options = _options(args)
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise ValueError(f"--bootstrap must be 0 (off) or at least 2, got {args.bootstrap}")
-    predictions = [parse_predict_arg(p) for p in args.predict]
-    predictions = [(N, D, canonical_spec(spec)) for N, D, spec in predictions]
+    predictions = []
+    for text in args.predict:
+        N, D, spec = parse_predict_arg(text)
+        try:
+            predictions.append((N, D, canonical_spec(spec), text))
+        except ValueError as e:
+            raise ValueError(f"--predict {text!r}: {e}") from None
+    compare = None
+    if args.compare_laws:
+        from .compare import parse_law_list
+        compare = parse_law_list(args.compare_laws)
+    workers = args.workers or default_workers()
+    if workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {workers}")
     runs, skipped = _load(args)
     if len(runs) == 0:
         reasons = "".join(f"\n  {s.source}: {s.reason}" for s in skipped)
         raise ValueError("no usable runs in the inputs" + (f"; skipped:{reasons}" if reasons else ""))
-    gmse = None
-    if args.law == "capacity":
-        from .formats import gmse_parts
-        gmse = {f: gmse_parts(f) for f in runs.format_names()}
-    workers = args.workers or default_workers()
-    if workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {workers}")
+    # everything the command line asks for is checked here, before any fit or bootstrap runs
+    check_predictions(args.law, runs, predictions)
+    if args.holdout_ratio is not None:
+        from .holdout import check_holdout
+        check_holdout(runs, args.holdout_ratio, options)
+    inputs = law_inputs(args.law, runs.format_names())
     progress = not args.quiet
 
-    result = fit_runs(args.law, runs, gmse, options, workers=workers, progress=progress)
+    result = fit_runs(args.law, runs, options=options, workers=workers, progress=progress, **inputs)
     boot = None
     if args.bootstrap:
         boot = bootstrap_fit(result, args.bootstrap, args.seed, workers=workers,
                              extra_starts=args.extra_starts, options=options, progress=progress,
                              unit=args.bootstrap_unit)
-    report = build_report(result, boot, skipped)
+    from .loso import leave_one_size_out
+    diagnostics = diagnose_fit(result, boot, leave_one_size_out(result, options) if boot else ())
+    report = build_report(result, boot, skipped, diagnostics=diagnostics)
+    if compare:
+        from .compare import compare_laws
+        report["law_comparison"] = compare_laws(compare, runs, options, workers, progress,
+                                                fitted={args.law: result})
+    if args.holdout_ratio is not None:
+        from .holdout import holdout_report
+        report["holdout"] = holdout_report(args.law, runs, args.holdout_ratio, options, workers,
+                                           progress)
     if predictions:
         report["predictions"] = []
-        for N, D, spec in predictions:
+        for N, D, spec, _ in predictions:
             report["predictions"].append(predict(result, N, D, spec).as_dict())
     check_finite(report)
 
     sys.stdout.write(format_text(report))
+    if compare:
+        from .compare import format_comparison
+        sys.stdout.write(format_comparison(report["law_comparison"]))
+    if args.holdout_ratio is not None:
+        from .holdout import format_holdout
+        sys.stdout.write(format_holdout(report["holdout"]))
     if predictions:
         sys.stdout.write(format_predictions(report["predictions"]))
     if args.json:
@@ -138,7 +178,14 @@ def run(args) -> int:
         from .plots import write_plots
         for path in write_plots(result, report, args.plot_dir):
             print(f"wrote {path}")
+    if args.strict and report["diagnostics"]:
+        print(f"fit_laws.py: --strict: {len(report['diagnostics'])} diagnostic(s); exit 4",
+              file=sys.stderr)
+        return STRICT_EXIT
     return 0
+
+
+STRICT_EXIT = 4
 
 
 def format_predictions(preds) -> str:
@@ -157,7 +204,7 @@ def format_predictions(preds) -> str:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(predict_values_as_options(sys.argv[1:] if argv is None else argv))
     if not (args.paths or args.table or args.epoch_csv):
         parser.error("give run directories/roots, --table CSV or --epoch-csv CSV")
     try:

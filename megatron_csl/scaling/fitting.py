@@ -101,8 +101,10 @@ def decide_data_term(runs: RunTable, ratio_tolerance: float):
 
 
 def minimize_from(problem: FitProblem, starts: np.ndarray, options: FitOptions, weights=None,
-                  scale: np.ndarray | None = None):
-    """L-BFGS-B from each start (fitted-space theta rows); [(objective, theta)] in start order.
+                  scale: np.ndarray | None = None, with_status: bool = False):
+    """L-BFGS-B from each start (fitted-space theta rows); [(objective, theta)] in start order
+    (``with_status``: [(objective, theta, converged)], converged = L-BFGS-B reported success at a
+    finite objective).
 
     The optimiser sees u = z * scale (``FitProblem.to_z`` centring, ``z_scale`` preconditioning);
     ``scale=None`` computes the scale at each start.
@@ -119,7 +121,11 @@ def minimize_from(problem: FitProblem, starts: np.ndarray, options: FitOptions, 
 
         res = minimize(fun, u0, jac=True, method="L-BFGS-B", bounds=list(zip(lo * sc, hi * sc)),
                        options=options.scipy_options())
-        out.append((float(res.fun), problem.to_theta(np.clip(res.x / sc, lo, hi))))
+        theta = problem.to_theta(np.clip(res.x / sc, lo, hi))
+        if with_status:
+            out.append((float(res.fun), theta, bool(res.success) and bool(np.isfinite(res.fun))))
+        else:
+            out.append((float(res.fun), theta))
     return out
 
 
@@ -157,6 +163,8 @@ def reported_params(problem: FitProblem, theta) -> dict:
     out[names[4]] = math.exp(log_e)
     if problem.law.name == "capacity":
         out.update(Lc=math.exp(extra[0]), F=float(extra[1]), C=float(extra[2]))
+    if problem.law.name == "precision":
+        out["gamma"] = math.exp(extra[0])
     return out
 
 
@@ -226,25 +234,28 @@ def summarize(problem: FitProblem, results, options: FitOptions, extra_warnings=
     )
 
 
-def build_problem(law_name: str, runs: RunTable, gmse_parts=None, options: FitOptions | None = None):
-    """The law for these runs, with the data term decided from the data; returns (problem, note, ratio)."""
+def build_problem(law_name: str, runs: RunTable, gmse_parts=None, options: FitOptions | None = None,
+                  bits=None):
+    """The law for these runs, with the data term decided from the data; returns (problem, note, ratio).
+
+    ``gmse_parts`` (capacity law) and ``bits`` (precision law): {format: per-part values}."""
     options = options or FitOptions()
     if len(runs) == 0:
         raise ValueError("no usable runs to fit")
     formats = runs.format_names()
-    law = make_law(law_name, formats, gmse_parts)
+    law = make_law(law_name, formats, gmse_parts, bits)
     has_data_term, note, ratio = decide_data_term(runs, options.ratio_tolerance)
     return FitProblem(law, runs, has_data_term), note, ratio
 
 
 def fit_runs(law_name: str, runs: RunTable, gmse_parts=None, options: FitOptions | None = None,
-             workers: int = 1, progress: bool = False) -> FitResult:
+             workers: int = 1, progress: bool = False, bits=None) -> FitResult:
     """Fit ``law_name`` to ``runs``: grid starts, L-BFGS-B from each (over ``workers`` processes),
     best optimum kept, then the identifiability checks."""
     from .parallel import FitPool
 
     options = options or FitOptions()
-    problem, note, ratio = build_problem(law_name, runs, gmse_parts, options)
+    problem, note, ratio = build_problem(law_name, runs, gmse_parts, options, bits)
     starts = grid_starts(problem, options.refine_top)
     # a pool only pays for itself with a few starts per worker
     with FitPool(problem, options, workers if len(starts) >= 8 * workers else 1, progress) as pool:

@@ -59,3 +59,19 @@ def gmse_parts(spec: str):
     from megatron_csl.compression import gaussian_mse_parts
 
     return gaussian_mse_parts(spec)
+
+
+def precision_bits(spec: str) -> tuple[float, float]:
+    """(weight bits, activation bits) the precision law uses: weights at their effective bits
+    (w_bits * (1 - sparsity)), so sparsity counts as fewer bits per parameter."""
+    info = format_info(spec)
+    return (info.effective_w_bits, info.a_bits)
+
+
+def law_inputs(law: str, formats) -> dict:
+    """The per-format data a law needs, as keyword arguments of ``fit_runs``."""
+    if law == "capacity":
+        return {"gmse_parts": {f: gmse_parts(f) for f in formats}}
+    if law == "precision":
+        return {"bits": {f: precision_bits(f) for f in formats}}
+    return {}

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-LAW_NAMES = ("compression", "chinchilla", "capacity")
+LAW_NAMES = ("compression", "chinchilla", "capacity", "precision")
 DENSE = "dense"
 LN4 = math.log(4.0)
 
@@ -38,6 +38,10 @@ LOG_EFF_BOUNDS = (math.log(1e-4), math.log(1e2))
 LOG_LC_BOUNDS = (math.log(1e-2), math.log(1e2))
 F_BOUNDS = (1e-3, 20.0)
 C_BOUNDS = (1e-3, 20.0)
+LOG_GAMMA_BOUNDS = (math.log(0.05), math.log(100.0))
+# Kumar et al. 2024 fit gamma_w ~ 2.7 bits; the precision law starts there.
+GAMMA_START = 2.7
+REFERENCE_BITS = 16.0   # bf16: the dense reference of the precision law
 
 # Epoch AI's replication grid for Chinchilla approach 3 (REFERENCE.md): 6*5*6*5*5 = 4,500 starts.
 GRID_LOG_COEF = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
@@ -233,7 +237,55 @@ class CapacityLaw(Law):
         return log_eff, jac
 
 
-def make_law(name: str, formats: Sequence[str], gmse_parts: dict | None = None) -> Law:
+class PrecisionLaw(Law):
+    """Kumar et al. 2024: ``L = A [N (1 - e^{-P/gamma})]^{-alpha} + B D^{-beta} + E``.
+
+    eff(C) = prod over the format's parts (weights, activations) of
+    ``(1 - e^{-P/gamma}) / (1 - e^{-16/gamma})`` with P the part's bits (weights: effective bits,
+    w_bits * (1 - sparsity)) and one fitted gamma. The division by the bf16 value makes eff(dense)
+    = 1, so EPMs compare with dense as in the other laws; Kumar's A is ``a * (1 - e^{-16/gamma})^-b``
+    per compressed part. ``bits`` maps each format to (weight bits, activation bits).
+    """
+
+    name = "precision"
+
+    def __init__(self, formats: Sequence[str], bits: dict):
+        super().__init__(list(formats))
+        table = []
+        for f in self.formats:
+            parts = [float(b) for b in bits[f]]
+            for b in parts:
+                if not (b > 0 and math.isfinite(b)):
+                    raise ValueError(f"format {f!r} has {b} bits; the precision law needs positive bits")
+            table.append(parts)
+        self.bits = np.array(table, dtype=float)     # [K, 2]
+
+    def extra_names(self):
+        return ("log_gamma",)
+
+    def extra_bounds(self):
+        return (LOG_GAMMA_BOUNDS,)
+
+    def extra_start(self):
+        return np.array([math.log(GAMMA_START)])
+
+    @staticmethod
+    def _log_part(bits, gamma):
+        """log(1 - e^{-P/gamma}) and its derivative by log gamma, -u/(e^u - 1) with u = P/gamma."""
+        u = bits / gamma
+        return np.log(-np.expm1(-u)), -u / np.expm1(u)
+
+    def format_log_eff(self, extra):
+        gamma = math.exp(extra[0])
+        value, grad = self._log_part(self.bits, gamma)
+        ref_value, ref_grad = self._log_part(np.array(REFERENCE_BITS), gamma)
+        log_eff = np.sum(value - ref_value, axis=1)
+        jac = np.sum(grad - ref_grad, axis=1)[:, None]
+        return log_eff, jac
+
+
+def make_law(name: str, formats: Sequence[str], gmse_parts: dict | None = None,
+             bits: dict | None = None) -> Law:
     if name == "compression":
         return CompressionLaw(formats)
     if name == "chinchilla":
@@ -242,4 +294,8 @@ def make_law(name: str, formats: Sequence[str], gmse_parts: dict | None = None) 
         if gmse_parts is None:
             raise ValueError("the capacity law needs the Gaussian MSE of every format")
         return CapacityLaw(formats, gmse_parts)
+    if name == "precision":
+        if bits is None:
+            raise ValueError("the precision law needs the bits of every format")
+        return PrecisionLaw(formats, bits)
     raise ValueError(f"unknown law {name!r}; valid: {', '.join(LAW_NAMES)}")

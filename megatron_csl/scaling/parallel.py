@@ -46,8 +46,10 @@ def _resample_chunk(args):
 
 
 def best_of(problem, starts, options, weights):
-    """Best (objective, theta) over L-BFGS-B runs from ``starts`` on a weighted objective."""
-    return min(minimize_from(problem, starts, options, weights), key=lambda r: r[0])
+    """Best (objective, theta, converged) over L-BFGS-B runs from ``starts`` on a weighted
+    objective; a non-finite objective never wins."""
+    fits = minimize_from(problem, starts, options, weights, with_status=True)
+    return min(fits, key=lambda r: r[0] if np.isfinite(r[0]) else np.inf)
 
 
 def default_workers() -> int:
@@ -109,7 +111,8 @@ class FitPool:
         return self._map(_minimize_chunk, tasks, "fit starts", len(starts))
 
     def resample(self, weights: np.ndarray, starts: np.ndarray):
-        """Best optimum per weight row (bootstrap resample); [(objective, theta)] in row order."""
+        """Best optimum per weight row (bootstrap resample); [(objective, theta, converged)] in
+        row order."""
         n_chunks = max(1, min(len(weights), 50 if self._ex is None else self.workers * 25))
         tasks = [(weights[lo:hi], starts) for lo, hi in _chunks(len(weights), n_chunks)]
         return self._map(_resample_chunk, tasks, "bootstrap", len(weights))

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .fitting import FitResult
-from .laws import CapacityLaw
+from .laws import CapacityLaw, PrecisionLaw
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,21 @@ def efficiency(result: FitResult, spec: str, gmse_parts=None) -> float:
         law = CapacityLaw([spec], {spec: gmse_parts})
         log_eff, _ = law.format_log_eff(result.theta[result.problem.layout.n_base:])
         return float(math.exp(log_eff[0]))
+    if result.law == "precision":
+        from .formats import precision_bits
+
+        law = PrecisionLaw([spec], {spec: precision_bits(spec)})
+        log_eff, _ = law.format_log_eff(result.theta[result.problem.layout.n_base:])
+        return float(math.exp(log_eff[0]))
     fitted = ", ".join(result.formats)
     if result.law == "chinchilla":
         raise ValueError(f"the chinchilla fit covers only {fitted}; cannot predict {spec!r}")
-    raise ValueError(f"format {spec!r} was not fitted (fitted: {fitted}); --law capacity predicts "
-                     "formats without runs from their Gaussian MSE")
+    raise ValueError(not_fitted_message(spec, result.formats))
+
+
+def not_fitted_message(spec: str, fitted) -> str:
+    return (f"format {spec!r} was not fitted (fitted: {', '.join(fitted)}); --law capacity or "
+            "--law precision predict formats without runs from their Gaussian MSE or bits")
 
 
 def law_loss(result: FitResult, N, D, eff):

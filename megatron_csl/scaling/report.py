@@ -23,7 +23,7 @@ def _interval(value, boot_interval=None) -> dict:
 
 
 def build_report(result: FitResult, boot: BootstrapResult | None = None, skipped=(),
-                 info=format_info) -> dict:
+                 info=format_info, diagnostics=()) -> dict:
     """Everything about a fit as a JSON-ready dict (``fit_laws.py --json``)."""
     runs_per_format = {f: int(np.sum(result.problem.runs.formats == f)) for f in result.formats}
     rows = []
@@ -54,11 +54,13 @@ def build_report(result: FitResult, boot: BootstrapResult | None = None, skipped
         "n_starts": result.n_starts,
         "tokens_per_param": result.tokens_per_param,
         "warnings": list(result.warnings),
+        "diagnostics": [d.as_dict() for d in diagnostics],
         "skipped": [s.as_dict() for s in skipped],
         "bootstrap": None if boot is None else {
             "resamples": boot.n_resamples, "seed": boot.seed, "level": boot.level,
             "unit": boot.unit,
             "extra_starts": boot.extra_starts, "stratified_by": "format",
+            "failed": boot.n_failed,
         },
         "fitted": {"names": list(result.names), "theta": [float(t) for t in result.theta]},
     }
@@ -127,10 +129,27 @@ def format_text(report: dict) -> str:
         lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)))
     for w in report["warnings"]:
         lines.append(f"warning: {w}")
+    lines.extend(format_diagnostics(report))
     if report["skipped"]:
         lines.append(f"skipped {len(report['skipped'])} run(s):")
         lines.extend(f"  {s['source']}: {s['reason']}" for s in report["skipped"])
     return "\n".join(lines) + "\n"
+
+
+def _diagnostic_lines(report: dict) -> list[str]:
+    from .diagnostics import Diagnostic
+
+    return [Diagnostic(d["code"], d["message"], d["format"], d["N"]).line()
+            for d in report.get("diagnostics") or []]
+
+
+def format_diagnostics(report: dict) -> list[str]:
+    """The diagnostics block of the terminal report (empty when there are none)."""
+    lines = _diagnostic_lines(report)
+    if not lines:
+        return []
+    return [f"diagnostics ({len(lines)}; docs/fitting.md explains each code):"] + \
+        [f"  {line}" for line in lines]
 
 
 def format_markdown(report: dict) -> str:
@@ -148,6 +167,8 @@ def format_markdown(report: dict) -> str:
     out.extend("| " + " | ".join(r) + " |" for r in rows)
     if report["warnings"]:
         out += ["", "Warnings:", ""] + [f"- {w}" for w in report["warnings"]]
+    if report.get("diagnostics"):
+        out += ["", "Diagnostics:", ""] + [f"- {line}" for line in _diagnostic_lines(report)]
     if report["skipped"]:
         out += ["", f"Skipped runs ({len(report['skipped'])}):", ""]
         out += [f"- `{s['source']}`: {s['reason']}" for s in report["skipped"]]
