@@ -114,6 +114,8 @@ def run_info_from_dict(doc: dict, run_dir: Path) -> RunInfo:
 
 def _describe_foreign(path: Path) -> Optional[str]:
     """A name for what a directory holds when it is not a dist checkpoint (None: nothing known)."""
+    if _looks_like_dist_checkpoint(path):
+        return None     # a (possibly damaged or interrupted) dist checkpoint: not foreign
     if (path / "config.json").is_file() and (any(path.glob("*.safetensors")) or any(path.glob("*.bin"))):
         return "a Hugging Face model directory (config.json + weights)"
     if (path / "manifest.json").is_file() and (path / "packed.safetensors").is_file():
@@ -125,8 +127,16 @@ def _describe_foreign(path: Path) -> Optional[str]:
     return None
 
 
+def _looks_like_dist_checkpoint(path: Path) -> bool:
+    return ((path / "common.pt").is_file() or (path / ".metadata").is_file()
+            or any(path.glob("__*_*.distcp")))
+
+
 def check_dist_checkpoint(ckpt: Path) -> None:
     """Raise ConversionError unless `ckpt` is a complete dist checkpoint of a supported format."""
+    if ckpt.name.endswith(".tmp"):
+        raise ConversionError(f"{ckpt} is an interrupted save (a .tmp directory), not a complete "
+                              f"checkpoint; use a complete iter_XXXXXXX directory next to it")
     foreign = None if (ckpt / "metadata.json").is_file() else _describe_foreign(ckpt)
     if foreign:
         raise ConversionError(f"{ckpt} is {foreign}, not a megatron.core.dist_checkpointing "
@@ -144,6 +154,12 @@ def check_dist_checkpoint(ckpt: Path) -> None:
         raise ConversionError(
             f"checkpoint {ckpt} uses sharded backend {backend!r} version {version!r}; this converter "
             f"reads {', '.join(f'{b} v{v}' for b, vs in SUPPORTED_SHARDED_BACKENDS.items() for v in vs)}")
+    from megatron_csl.training.checkpoint_integrity import damage
+
+    problem = damage(ckpt)
+    if problem:
+        raise ConversionError(f"checkpoint {ckpt} is damaged ({problem}); use an earlier complete "
+                              f"iter_ directory")
 
 
 def check_format_version(common: dict, ckpt: Path) -> None:
@@ -174,6 +190,8 @@ def locate_checkpoint(load: str | Path) -> CheckpointLocation:
         raise ConversionError(f"--load {path} is a file; give a run directory, its checkpoints/ "
                               "folder or one checkpoints/iter_XXXXXXX directory")
     m = ITER_RE.match(path.name)
+    if path.name.endswith(".tmp") and _looks_like_dist_checkpoint(path):
+        check_dist_checkpoint(path)    # names it as an interrupted save
     if m and path.parent.name == CHECKPOINTS_DIR:
         run = read_run_info(path.parent.parent)
         check_dist_checkpoint(path)

@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import numpy
 import torch
 
+from . import checkpoint_integrity
 from . import distributed as dist_utils
 from . import megatron_fixes
 from megatron_csl.atomic import atomic_write_text
@@ -63,20 +64,24 @@ def read_latest(root: Path) -> Optional[int]:
 
 
 def find_latest(root: Path, warn=print) -> Optional[Tuple[int, Path]]:
-    """The newest complete checkpoint: the one ``latest`` names, else the newest complete one."""
+    """The newest whole checkpoint: the one ``latest`` names, else the newest complete one; a
+    damaged candidate (checkpoint_integrity: a missing or truncated shard) is skipped with a
+    warning. DamagedCheckpointError when checkpoints exist but every one is damaged."""
     root = Path(root)
+    candidates = []
     step = read_latest(root)
     if step is not None:
         path = root / checkpoint_dirname(step)
         if path.is_dir() and is_complete(path):
-            return step, path
-        warn(f"[pretrain] {root / LATEST_FILE} names step {step}, but {path} is missing or "
-             f"incomplete; looking for the newest complete checkpoint instead")
+            candidates.append((step, path))
+        else:
+            warn(f"[pretrain] {root / LATEST_FILE} names step {step}, but {path} is missing or "
+                 f"incomplete; looking for the newest complete checkpoint instead")
     elif (root / LATEST_FILE).exists():
         warn(f"[pretrain] {root / LATEST_FILE} is unreadable; looking for the newest complete "
              f"checkpoint instead")
-    found = complete_checkpoints(root)
-    return found[-1] if found else None
+    candidates += [c for c in reversed(complete_checkpoints(root)) if c not in candidates]
+    return checkpoint_integrity.first_whole(candidates, warn)
 
 
 def write_latest(root: Path, step: int) -> None:

@@ -23,6 +23,7 @@ import torch
 from . import checkpointing as ckpt
 from . import data as data_mod
 from . import distributed as dist_utils
+from . import preflight
 from .config import parse_args
 from .errors import ConfigError, DivergenceError, PretrainError
 from .lock import RUN_LOCK, RunDirLock
@@ -221,11 +222,19 @@ class Trainer:
         if self.last_saved_step == self.step:
             return
         t0 = time.time()
-        path = ckpt.save_checkpoint(self.plan.run_dir, self.step, self.objs.model,
-                                    self.objs.optimizer, self.objs.scheduler,
-                                    self._training_state(),
-                                    bool(self.args.use_distributed_optimizer),
-                                    keep_last=self.args.keep_last_checkpoints)
+        try:
+            path = ckpt.save_checkpoint(self.plan.run_dir, self.step, self.objs.model,
+                                        self.objs.optimizer, self.objs.scheduler,
+                                        self._training_state(),
+                                        bool(self.args.use_distributed_optimizer),
+                                        keep_last=self.args.keep_last_checkpoints)
+        except Exception as e:
+            if not preflight.is_disk_full(e):
+                raise
+            raise preflight.DiskFullError(
+                f"step {self.step}: the disk of {self.plan.run_dir} filled up while saving the "
+                f"checkpoint ({e}); the previous checkpoint is intact. Free space and resume "
+                f"with --load") from None
         self.last_saved_step = self.step
         _print0(f"[pretrain] saved checkpoint {path} ({time.time() - t0:.1f} s)")
 
@@ -400,6 +409,8 @@ def run_pretrain(argv=None) -> int:
         plan = resolve_plan(args, info.world_size)
         data_mod.check_prefixes_exist(plan.data.prefixes, "--data-path")
         data_mod.check_prefixes_exist(plan.data.valid_prefixes, "--valid-data-path")
+        preflight.check_data_files(plan)     # .idx whole, .bin as long as the index says
+        preflight.check_run_outputs(plan)    # writable folders, room for two checkpoints
         # Install the handlers before the (slow) setup so an early signal is not lost.
         watcher = PreemptionWatcher(verbose=info.rank == 0)
         from megatron_csl.compat import apply_cpu_compat

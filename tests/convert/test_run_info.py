@@ -9,6 +9,18 @@ from megatron_csl.convert.run_info import locate_checkpoint, read_run_info
 from .helpers import run_doc
 
 
+def _shards(ckpt):
+    """Real torch.distributed.checkpoint shards and .metadata (their sizes are checked)."""
+    import warnings
+
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"w": torch.arange(16.0)}, checkpoint_id=str(ckpt), no_dist=True)
+
+
 def _run_dir(tmp_path, *, latest="7", iters=("iter_0000007",), complete=True, backend="torch_dist"):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -17,8 +29,8 @@ def _run_dir(tmp_path, *, latest="7", iters=("iter_0000007",), complete=True, ba
         ckpt = run / "checkpoints" / name
         ckpt.mkdir()
         if complete:
-            for f in ("common.pt", ".metadata", "__0_0.distcp"):
-                (ckpt / f).write_bytes(b"x")
+            _shards(ckpt)
+            (ckpt / "common.pt").write_bytes(b"x")
             (ckpt / "metadata.json").write_text(json.dumps(
                 {"sharded_backend": backend, "sharded_backend_version": 1}))
     if latest is not None:
@@ -75,6 +87,26 @@ def test_missing_and_partial_checkpoints(tmp_path):
     run = _run_dir(tmp_path / "f")
     (run / "checkpoints").rename(run / "elsewhere")
     with pytest.raises(ConversionError, match="no checkpoints/ directory"):
+        locate_checkpoint(run)
+
+
+def test_damaged_and_interrupted_checkpoints_are_not_called_plain_torch(tmp_path):
+    run = _run_dir(tmp_path / "a")
+    ckpt = run / "checkpoints" / "iter_0000007"
+    (ckpt / "metadata.json").unlink()
+    for path in (run, ckpt):
+        with pytest.raises(ConversionError, match=r"incomplete \(missing metadata.json\)"):
+            locate_checkpoint(path)
+    run = _run_dir(tmp_path / "b")
+    tmp = run / "checkpoints" / "iter_0000008.tmp"
+    (run / "checkpoints" / "iter_0000007").rename(tmp)
+    with pytest.raises(ConversionError, match=r"is an interrupted save \(a .tmp directory\)"):
+        locate_checkpoint(tmp)
+    run = _run_dir(tmp_path / "c")
+    shard = next((run / "checkpoints" / "iter_0000007").glob("__0_*.distcp"))
+    with open(shard, "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(ConversionError, match=r"is damaged \(shard __0_.*truncated"):
         locate_checkpoint(run)
 
 

@@ -1,18 +1,29 @@
-"""Finding the newest complete checkpoint: partial and interrupted saves are never picked."""
+"""Finding the newest complete checkpoint: partial, interrupted and damaged saves are never
+picked."""
+import warnings as warnings_mod
 from pathlib import Path
 
+import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from megatron_csl.training.checkpoint_integrity import DamagedCheckpointError, damage
 from megatron_csl.training.checkpointing import (LATEST_FILE, checkpoint_dirname,
                                                  complete_checkpoints, find_latest, read_latest,
                                                  write_latest)
 
 
 def make_checkpoint(root: Path, step: int, complete=True, suffix=""):
+    """A real torch.distributed.checkpoint directory (shards + .metadata) with our common.pt and,
+    when complete, megatron's metadata.json written last."""
+    import torch.distributed.checkpoint as dcp
+
     d = root / (checkpoint_dirname(step) + suffix)
     d.mkdir(parents=True)
-    (d / "__0_0.distcp").write_bytes(b"x" * 10)
+    with warnings_mod.catch_warnings():
+        warnings_mod.simplefilter("ignore")
+        dcp.save({"w": torch.arange(64.0) + step}, checkpoint_id=str(d), no_dist=True)
     (d / "common.pt").write_bytes(b"x")
     if complete:
         (d / "metadata.json").write_text('{"sharded_backend": "torch_dist"}')
@@ -74,3 +85,29 @@ def test_the_pick_is_always_a_complete_checkpoint(tmp_path_factory, entries, lat
     else:
         assert picked is None
     assert [s for s, _ in complete_checkpoints(root)] == complete
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated", "metadata"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, how):
+    make_checkpoint(tmp_path, 10)
+    newest = make_checkpoint(tmp_path, 20)
+    write_latest(tmp_path, 20)
+    shard = next(newest.glob("__0_*.distcp"))
+    if how == "missing":
+        shard.unlink()
+    elif how == "truncated":
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size // 2)
+    else:
+        (newest / ".metadata").write_bytes(b"garbage")
+    assert damage(newest) is not None and damage(tmp_path / "iter_0000010") is None
+    warnings = []
+    assert find_latest(tmp_path, warn=warnings.append) == (10, tmp_path / "iter_0000010")
+    assert any("iter_0000020 is damaged" in w for w in warnings)
+
+
+def test_every_checkpoint_damaged_is_a_named_error(tmp_path):
+    for step in (10, 20):
+        next(make_checkpoint(tmp_path, step).glob("__0_*.distcp")).unlink()
+    with pytest.raises(DamagedCheckpointError, match="every checkpoint under .* is damaged"):
+        find_latest(tmp_path, warn=lambda m: None)

@@ -105,3 +105,21 @@ def test_differences_ignore_how_the_run_is_executed():
     assert differences(recorded, current) == []
     current["args"]["weight_decay"] = 0.0
     assert differences(recorded, current) == ["weight_decay: was 0.1, now 0.0"]
+
+
+@pytest.mark.parametrize("how", ["missing", "truncated"])
+def test_a_damaged_shard_in_the_newest_checkpoint_resumes_from_the_previous(tmp_path, capsys, how):
+    run_dir = tmp_path / "run"
+    argv = RUN + ["--run-dir", str(run_dir), "--save-interval", "1"]
+    assert run_pretrain(argv + ["--exit-interval", "2"]) == REQUEUE_EXIT_CODE
+    shard = sorted((run_dir / "checkpoints" / "iter_0000002").glob("__0_*.distcp"))[-1]
+    if how == "missing":
+        shard.unlink()
+    else:
+        with open(shard, "r+b") as f:
+            f.truncate(shard.stat().st_size - 100)
+    capsys.readouterr()
+    assert run_pretrain(argv + ["--load"]) == 0
+    captured = capsys.readouterr()
+    assert "iter_0000002 is damaged" in captured.err
+    assert "resumed from" in captured.out and "iter_0000001 at step 1" in captured.out
