@@ -59,6 +59,9 @@ def parse_spec(text) -> CompressionSpec:
 def _parse_text(text: str) -> CompressionSpec:
     spec_text = text.strip().lower()
     ctx = _Ctx(text)
+    if spec_text != text:   # one spelling per spec: run names, sweeps and fits key on the text
+        raise ctx.error(f"specs are lowercase without surrounding spaces; did you mean "
+                        f"'{spec_text}'?")
     if not spec_text:
         raise ctx.error(f"empty spec; valid: {VALID_HEADS}")
     parts = [p.strip() for p in spec_text.split("+")]
@@ -258,6 +261,11 @@ def _parse_sparse(percent_text: str, head: str, options: list[str], ctx: _Ctx) -
             rbbm = float(rbbm)
         else:
             raise ctx.error(f"unknown option '{o}' for '{head}'; valid: {SPARSE_OPTIONS}")
+    # The canonical form keeps 2 decimals, so more would name a different run than it trains
+    # (N:M fixes the exact fraction itself; its percent only has to agree to 2 decimals).
+    if not isinstance(pattern, tuple) and len(percent_text.partition(".")[2]) > 2:
+        raise ctx.error(f"sparsity '{percent_text}' has more than 2 decimals; give the percent "
+                        f"to at most 2 decimals (e.g. s{_pct(percent)})")
     return Sparsity(float(percent), pattern, rbbm)
 
 

@@ -19,10 +19,12 @@ import zlib
 from dataclasses import dataclass, field
 from typing import BinaryIO, Iterator, List, Optional, Sequence, Tuple
 
-try:  # ISA-L's inflate reads C4 shards about 3x faster than zlib (same file format and errors)
+try:  # ISA-L's inflate reads C4 shards about 3x faster than zlib (same file format)
     from isal import igzip as _gzip
+    from isal.igzip_lib import IsalError as _InflateError   # its error for corrupt deflate data
 except ImportError:  # pragma: no cover - exercised only where isal is missing
     _gzip = gzip
+    _InflateError = zlib.error
 
 try:  # orjson decodes C4 lines about 3x faster than the standard library
     import orjson
@@ -36,8 +38,8 @@ except ImportError:  # pragma: no cover - exercised only where orjson is missing
 #: File name endings accepted as shards. ``.json`` is JSON Lines too (C4's own naming).
 SUPPORTED_SUFFIXES = (".json.gz", ".jsonl.gz", ".jsonl", ".json")
 
-# gzip/zlib raise these for truncated or corrupt streams; OSError covers gzip.BadGzipFile.
-_READ_ERRORS = (EOFError, OSError, zlib.error)
+# gzip/zlib/ISA-L raise these for truncated or corrupt streams; OSError covers BadGzipFile.
+_READ_ERRORS = (EOFError, OSError, zlib.error, _InflateError)
 
 
 class ShardReadError(RuntimeError):

@@ -102,6 +102,9 @@ def read_run_dir(path: Path) -> Run:
         result, run = _read_json(result_path), _read_json(run_path)
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"unreadable JSON: {e}") from None
+    for name, doc in ((RESULT_FILE, result), (RUN_FILE, run)):
+        if not isinstance(doc, dict):
+            raise ValueError(f"{name} holds a JSON {type(doc).__name__}, not an object")
     status = result.get("status")
     if status != "finished":
         raise ValueError(f"status {status!r} (only 'finished' runs are fitted)")

@@ -24,6 +24,7 @@ from . import checkpointing as ckpt
 from . import data as data_mod
 from . import distributed as dist_utils
 from . import preflight
+from .child_processes import die_with_parent
 from .config import parse_args
 from .errors import ConfigError, DivergenceError, PretrainError
 from .lock import RUN_LOCK, RunDirLock
@@ -411,6 +412,7 @@ def run_pretrain(argv=None) -> int:
         data_mod.check_prefixes_exist(plan.data.valid_prefixes, "--valid-data-path")
         preflight.check_data_files(plan)     # .idx whole, .bin as long as the index says
         preflight.check_run_outputs(plan)    # writable folders, room for two checkpoints
+        die_with_parent()    # forked checkpoint writers and data workers die with this process
         # Install the handlers before the (slow) setup so an early signal is not lost.
         watcher = PreemptionWatcher(verbose=info.rank == 0)
         from megatron_csl.compat import apply_cpu_compat

@@ -1,4 +1,7 @@
-"""Preemption signals: SIGTERM / SIGUSR1 ask the run to checkpoint and exit with code 3.
+"""Preemption signals: SIGTERM / SIGUSR1 / SIGINT ask the run to checkpoint and exit with code 3.
+
+SIGINT (Ctrl-C) is treated like SIGTERM rather than as a KeyboardInterrupt traceback in the middle
+of a step: the run stops at the next step boundary with a checkpoint.
 
 The handler only records the signal; the training loop polls ``received`` at every step
 boundary, agrees with all other ranks (an all-reduce, since a scheduler may signal only some
@@ -9,7 +12,7 @@ import sys
 from typing import Optional, Sequence
 
 REQUEUE_EXIT_CODE = 3
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class PreemptionWatcher:

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from megatron_csl.compression import CompressionSpec, SpecError, parse_spec
 
 CANONICAL = {
-    "dense": "dense", "bf16": "dense", " W4 ": "w4", "w4:sym,rms,row,ste": "w4",
+    "dense": "dense", "bf16": "dense", "w4:sym,rms,row,ste": "w4",
     "w2:zero,absmax,tensor": "w2:zero,absmax,tensor", "w2:tensor,absmax,zero": "w2:zero,absmax,tensor",
     "w1.58": "w1.58", "w4:had128": "w4:had", "w4:had16": "w4:had16", "w4:g128": "w4:g128",
     "w4a8": "w4a8", "w4+a8": "w4a8", "a8+w4": "w4a8", "w4a4:had,trust": "w4a4:had,trust",
@@ -194,3 +194,14 @@ def test_generated_specs_round_trip(data):
     assert isinstance(spec, CompressionSpec)
     again = parse_spec(spec.canonical)
     assert again == spec and again.canonical == spec.canonical
+
+
+@pytest.mark.parametrize("text, message", [
+    ("W4", "did you mean 'w4'"), (" w4", "did you mean 'w4'"), ("w4 ", "did you mean 'w4'"),
+    ("Dense", "did you mean 'dense'"),
+    ("s99.999", "more than 2 decimals"), ("s33.333", "more than 2 decimals"),
+])
+def test_one_spelling_per_spec(text, message):
+    with pytest.raises(SpecError, match=message):
+        parse_spec(text)
+    assert parse_spec("s33.33").canonical == "s33.33"

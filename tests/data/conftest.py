@@ -73,3 +73,19 @@ def fixture_shards(tmp_path):
         name = f"c4-train.{i:05d}-of-00004.json.gz" if i < 3 else "extra.jsonl"
         paths.append(write_jsonl(str(tmp_path / name), c4_rows(chunk, start=i * 100)))
     return paths, texts
+
+
+def write_gzip_corrupt_mid_stream(path, rows, good=200):
+    """A gzip shard of JSON lines whose deflate stream is invalid after ``good`` lines: a full
+    flush there starts a new block, whose header gets the reserved block type (ISA-L raises its
+    own IsalError for it, zlib its zlib.error)."""
+    import zlib
+
+    lines = [(json.dumps(r) + "\n").encode() for r in rows]
+    c = zlib.compressobj(6, zlib.DEFLATED, 31)
+    first = c.compress(b"".join(lines[:good])) + c.flush(zlib.Z_FULL_FLUSH)
+    data = bytearray(first + c.compress(b"".join(lines[good:])) + c.flush())
+    data[len(first)] |= 0b110
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    return str(path)

@@ -164,3 +164,14 @@ def test_standard_library_fallbacks_read_and_classify_the_same(tmp_path, monkeyp
     slow = [decode_line(l) for b in iter_line_batches(path) for l in b.lines]
     assert [t for t, _ in slow] == [t for t, _ in fast] == ["aé", None, None, None]
     assert [r is None for _, r in slow] == [r is None for _, r in fast] == [True, False, False, False]
+
+
+def test_gzip_corrupt_mid_stream_is_an_error_naming_the_shard(tmp_path):
+    from .conftest import write_gzip_corrupt_mid_stream
+
+    path = write_gzip_corrupt_mid_stream(tmp_path / "c4-train.00003-of-01024.json.gz",
+                                         [{"text": f"doc {i} " * 30} for i in range(400)])
+    with pytest.raises(ShardReadError, match=r"c4-train\.00003-of-01024\.json\.gz.*corrupt"):
+        list(iter_line_batches(path))
+    with pytest.raises(ShardReadError, match=r"c4-train\.00003-of-01024"):
+        count_lines(path)

@@ -296,3 +296,18 @@ def test_batched_add_documents_equals_one_call_per_document(tmp_path_factory, ba
         builder.finalize(str(folder / f"{name}.idx"))
     for suffix in (".bin", ".idx"):
         assert (folder / f"one{suffix}").read_bytes() == (folder / f"many{suffix}").read_bytes()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_gzip_corrupt_mid_stream_fails_naming_the_shard(fixture_shards, tiny_tokenizer, tmp_path,
+                                                        workers):
+    from .conftest import write_gzip_corrupt_mid_stream
+
+    paths, texts = fixture_shards
+    bad = write_gzip_corrupt_mid_stream(tmp_path / "c4-train.00009-of-00010.json.gz",
+                                        c4_rows(texts * 20), good=len(texts) * 10)
+    # A ShardReadError (it crosses the worker pool), not "MaybeEncodingError: Can't pickle
+    # IsalError".
+    with pytest.raises(ShardReadError, match=r"c4-train\.00009-of-00010\.json\.gz.*corrupt"):
+        run(paths[:1] + [bad], tiny_tokenizer, tmp_path / "c", workers=workers)
+    assert not os.path.exists(str(tmp_path / "c_text_document.idx"))

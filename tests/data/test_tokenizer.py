@@ -80,3 +80,16 @@ def test_bad_arguments_name_the_value(tmp_path):
     with pytest.raises(ValueError, match="no text to train on"):
         train_tokenizer([empty], str(tmp_path / "t"), vocab_size=300, sample_docs=5, progress=False)
     assert not os.path.exists(tmp_path / "t.model")
+
+
+def test_gzip_corrupt_mid_stream_is_a_shard_error(tmp_path):
+    from megatron_csl.data.c4_shards import ShardReadError
+
+    from .conftest import write_gzip_corrupt_mid_stream
+
+    shard = write_gzip_corrupt_mid_stream(tmp_path / "c4-train.00001-of-01024.json.gz",
+                                          c4_rows(synthetic_texts(400)), good=200)
+    with pytest.raises(ShardReadError, match=r"c4-train\.00001-of-01024\.json\.gz.*corrupt"):
+        train_tokenizer([shard], str(tmp_path / "tok"), vocab_size=300, sample_docs=400,
+                        seed=1, progress=False)
+    assert not (tmp_path / "tok.model").exists()

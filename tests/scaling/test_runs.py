@@ -101,3 +101,17 @@ def test_synthetic_csv_round_trips_through_the_table_reader(tmp_path):
     np.testing.assert_array_equal([r.N for r in back], runs.N)
     np.testing.assert_array_equal([r.loss for r in back], runs.loss)
     assert [r.compression for r in back] == runs.formats.tolist()
+
+
+def test_result_json_that_is_not_an_object_is_skipped_with_a_reason(tmp_path):
+    root = tmp_path / "runs"
+    write_run_dir(root, "ok", N=1e7, D=2e8, loss=3.5)
+    write_run_dir(root, "list", N=1e7, D=2e8, loss=3.5)
+    (root / "list" / "result.json").write_text("[1, 2, 3]")
+    write_run_dir(root, "number", N=1e7, D=2e8, loss=3.5)
+    (root / "number" / "run.json").write_text("7")
+    runs, skipped = collect_runs([root])
+    reasons = {s.source.split("/")[-1]: s.reason for s in skipped}
+    assert len(runs.formats) == 1
+    assert reasons == {"list": "result.json holds a JSON list, not an object",
+                       "number": "run.json holds a JSON int, not an object"}

@@ -233,3 +233,18 @@ def test_distinct_runs_get_distinct_names(a, b):
     ca, cb = parse_spec(a[0]).canonical, parse_spec(b[0]).canonical
     if (ca, a[1], a[2]) != (cb, b[1], b[2]):
         assert run_name("10m", ca, a[1], a[2]) != run_name("10m", cb, b[1], b[2])
+
+
+def test_a_repeated_key_is_an_error_naming_it_and_its_lines(tmp_path):
+    text = yaml.safe_dump(base_sweep(), sort_keys=False)
+    path = tmp_path / "dup.yaml"
+    path.write_text(text + "formats: [w4]\n")      # a second formats: would silently win
+    line = len(text.splitlines()) + 1
+    first = next(i for i, l in enumerate(text.splitlines(), 1) if l.startswith("formats:"))
+    with pytest.raises(SweepError, match=rf"duplicate key 'formats' \(first on line {first}, "
+                                         rf"again on line {line}\)"):
+        load_sweep(path)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text(text.replace("training:\n", "training:\n  lr: 0.5\n", 1))
+    with pytest.raises(SweepError, match="duplicate key 'lr'"):
+        load_sweep(nested)

@@ -80,13 +80,14 @@ def test_the_same_run_may_start_over_on_its_own_run_json(stopped, tmp_path):
     assert run_pretrain(RUN + ["--run-dir", str(run_dir)]) == 0
 
 
+@pytest.mark.parametrize("sig", [signal.SIGUSR1, signal.SIGINT])
 def test_a_signal_before_the_first_step_does_not_claim_a_checkpoint(tmp_path, capsys,
-                                                                    monkeypatch):
+                                                                    monkeypatch, sig):
     real_build = loop.build_training_objects
 
     def build_then_signal(plan):
         objs = real_build(plan)
-        os.kill(os.getpid(), signal.SIGUSR1)    # arrives during the set-up, before step 1
+        os.kill(os.getpid(), sig)    # arrives during the set-up, before step 1
         return objs
 
     monkeypatch.setattr(loop, "build_training_objects", build_then_signal)
@@ -123,3 +124,20 @@ def test_a_damaged_shard_in_the_newest_checkpoint_resumes_from_the_previous(tmp_
     captured = capsys.readouterr()
     assert "iter_0000002 is damaged" in captured.err
     assert "resumed from" in captured.out and "iter_0000001 at step 1" in captured.out
+
+
+def test_ctrl_c_during_training_checkpoints_and_exits_3(tmp_path, capsys, monkeypatch):
+    """SIGINT is a preemption like SIGTERM (not a KeyboardInterrupt traceback, exit 1)."""
+    real_step = loop.Trainer._train_step
+
+    def step_then_interrupt(self, batches):
+        out = real_step(self, batches)
+        if self.step == 1:      # the second step: interrupted while it runs
+            os.kill(os.getpid(), signal.SIGINT)
+        return out
+
+    monkeypatch.setattr(loop.Trainer, "_train_step", step_then_interrupt)
+    run_dir = tmp_path / "run"
+    assert run_pretrain(RUN + ["--run-dir", str(run_dir)]) == REQUEUE_EXIT_CODE
+    assert "preempted at step 2: checkpoint saved" in capsys.readouterr().out
+    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "2"
