@@ -3,7 +3,10 @@
 torchrun (torch.distributed.run) reports any failed worker as exit 1, so a multi-process run that
 was preempted and saved a checkpoint (every rank exits 3, "requeue me") would look like an error
 to the local executor. This runs torchrun's own launcher with the same arguments and, when the
-workers fail, exits with their common exit code (1 if they disagree or died of a signal).
+workers fail, exits with their common exit code (1 if they disagree or all died of a signal).
+Workers killed by a signal do not count when others exited with a code: torchrun stops the
+remaining workers (SIGTERM) as soon as one fails, so a bad flag that every rank rejects with
+exit 2 would otherwise sometimes come back as 1, depending on which rank was faster.
 """
 from __future__ import annotations
 
@@ -12,10 +15,11 @@ from typing import Optional
 
 
 def exit_code_of(failures: dict) -> int:
-    """The code every failed worker exited with, else 1 (torchrun's own)."""
-    codes = {failure.exitcode for failure in failures.values()}
-    code = codes.pop() if len(codes) == 1 else 1
-    return code if code > 0 else 1   # negative: killed by a signal
+    """The code every worker that exited by itself exited with, else 1 (torchrun's own).
+    Negative codes (killed by a signal, usually by torchrun after the first failure) are left
+    out."""
+    codes = {failure.exitcode for failure in failures.values() if failure.exitcode > 0}
+    return codes.pop() if len(codes) == 1 else 1
 
 
 def main(argv: Optional[list] = None) -> int:

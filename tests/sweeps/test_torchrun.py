@@ -39,6 +39,12 @@ def test_success_and_one_failed_rank(tmp_path):
 @given(st.dictionaries(st.integers(0, 7), st.integers(-15, 5).filter(bool), min_size=1))
 def test_exit_code_is_the_common_positive_code_else_1(codes):
     failures = {rank: SimpleNamespace(exitcode=code) for rank, code in codes.items()}
-    common = set(codes.values())
-    expected = common.pop() if len(common) == 1 and min(codes.values()) > 0 else 1
+    common = {c for c in codes.values() if c > 0}     # ranks killed by a signal do not vote
+    expected = common.pop() if len(common) == 1 else 1
     assert exit_code_of(failures) == expected
+
+
+def test_a_rank_stopped_by_torchrun_does_not_hide_the_error_code():
+    """Rank 0 rejects a TP=2 layout (exit 2); torchrun SIGTERMs rank 1 before it gets there."""
+    failures = {0: SimpleNamespace(exitcode=2), 1: SimpleNamespace(exitcode=-15)}
+    assert exit_code_of(failures) == 2
