@@ -63,6 +63,12 @@ def _run(args) -> int:
     )
     from megatron_csl.data.preprocess.report import format_report
 
+    from megatron_csl.training.preflight import output_file_problem
+
+    problem = output_file_problem(args.output_prefix + "_text_document.bin", "--output-prefix")
+    if problem:     # found before any shard is read
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     config = PreprocessConfig(
         inputs=args.input, tokenizer_model=args.tokenizer_model,
         output_prefix=args.output_prefix, workers=args.workers, append_eod=args.append_eod,

@@ -38,7 +38,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron_csl.data.c4_shards import ShardReadError, expand_inputs
     from megatron_csl.data.tokenizer import train_tokenizer
+    from megatron_csl.training.preflight import output_file_problem
 
+    problem = output_file_problem(args.output_prefix + ".model", "--output-prefix")
+    if problem:     # found before the (long) sampling and training
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         report = train_tokenizer(
             expand_inputs(args.input), args.output_prefix, vocab_size=args.vocab_size,

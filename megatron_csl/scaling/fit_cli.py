@@ -88,6 +88,17 @@ def _options(args) -> FitOptions:
     return FitOptions(refine_top=refine, ratio_tolerance=args.ratio_tolerance)
 
 
+def _check_outputs(args) -> None:
+    """Unwritable --json/--markdown files are found before the (long) fit, not after it."""
+    from megatron_csl.training.preflight import output_file_problem
+
+    for flag in ("json", "markdown"):
+        path = getattr(args, flag, None)
+        problem = output_file_problem(path, f"--{flag}") if path else None
+        if problem:
+            raise ValueError(problem)
+
+
 def _load(args):
     runs, skipped = collect_runs(args.paths, args.table)
     for path in args.epoch_csv:
@@ -110,6 +121,7 @@ def _concat(a, b):
 
 def run(args) -> int:
     options = _options(args)
+    _check_outputs(args)
     if args.bootstrap < 0 or args.bootstrap == 1:
         raise ValueError(f"--bootstrap must be 0 (off) or at least 2, got {args.bootstrap}")
     predictions = []

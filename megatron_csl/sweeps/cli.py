@@ -95,7 +95,18 @@ def cmd_status(sweep, runs, args) -> int:
     return 0
 
 
+def _check_output_dir(sweep) -> None:
+    """An unwritable output folder is found before anything is submitted."""
+    from megatron_csl.training.preflight import NotWritableError, check_writable
+
+    try:
+        check_writable(sweep.output_dir, "output_dir")
+    except NotWritableError as e:
+        raise SweepError(str(e)) from None
+
+
 def cmd_submit(sweep, runs, args) -> int:
+    _check_output_dir(sweep)
     statuses = {s.name: s for s in _statuses(sweep, runs)}
     todo = [r for r in runs if statuses[r.name].state in status_mod.RESUBMIT_STATES]
     for r in runs:

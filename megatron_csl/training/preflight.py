@@ -115,6 +115,19 @@ def check_writable(folder, what: str) -> None:
                                f"user; fix its permissions or choose another folder")
 
 
+def output_file_problem(path, what: str) -> "str | None":
+    """Why a file cannot be written at ``path`` (its folder is checked), or None. For tools that
+    print the message and exit 2 before doing any work."""
+    folder = Path(path).parent if str(Path(path).parent) else Path(".")
+    try:
+        check_writable(folder, what)
+    except NotWritableError as e:
+        return str(e).replace(f"{what} {str(folder)!r}", f"{what} {str(path)!r}", 1)
+    if Path(path).is_dir():
+        return f"{what} {str(path)!r} is a folder; give a file name"
+    return None
+
+
 def check_free_space(folder, needed_bytes: int, what: str) -> None:
     """ConfigError when the filesystem of ``folder`` has less than ``needed_bytes`` free."""
     path = Path(folder)

@@ -68,3 +68,13 @@ def test_preprocess_errors_are_one_line_with_exit_codes(tmp_path):
              tmp_path / "t", "--vocab-size", 300, "--no-progress")
     assert r.returncode == 1 and "c4-train.00003-of-01024.json.gz" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_unusable_output_prefixes_are_refused_before_any_work(tmp_path):
+    (tmp_path / "afile").write_text("x")            # a file where the output folder should be
+    r = tool("preprocess_c4.py", "--input", tmp_path / "none-*.json.gz", "--tokenizer-model",
+             tmp_path / "x.model", "--output-prefix", tmp_path / "afile" / "o")
+    assert r.returncode == 2 and "--output-prefix" in r.stderr and "is not a folder" in r.stderr
+    r = tool("train_tokenizer.py", "--input", tmp_path / "none-*.json.gz", "--output-prefix",
+             tmp_path / "afile" / "t", "--vocab-size", 300, "--no-progress")
+    assert r.returncode == 2 and "is not a folder" in r.stderr and "Traceback" not in r.stderr

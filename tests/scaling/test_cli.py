@@ -133,3 +133,13 @@ def test_tool_script_runs_as_a_subprocess(sweep_root):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("law: chinchilla (full form)")
+
+
+def test_an_unusable_json_output_is_refused_before_the_fit(sweep_root, tmp_path, capsys):
+    root, _ = sweep_root
+    (tmp_path / "afile").write_text("x")
+    for out, message in ((tmp_path / "afile" / "fit.json", "is not a folder"),
+                         (tmp_path, "is a folder; give a file name")):
+        assert main([str(root / "runs"), "--json", str(out), *QUICK]) == 2
+        err = capsys.readouterr().err
+        assert "--json" in err and message in err

@@ -40,3 +40,13 @@ def test_two_submits_started_together_start_each_run_once(write_sweep, tmp_path,
         assert steps == list(range(1, 9)), outs
         RunDirLock(run_dir, SUBMIT_LOCK).acquire().release()    # released when the submit ended
     assert any("skip" in out for out in outs), outs
+
+
+def test_an_unusable_output_dir_is_refused_before_submitting(write_sweep, tmp_path, capsys):
+    from megatron_csl.sweeps import cli
+
+    (tmp_path / "afile").write_text("x")
+    path = write_sweep()
+    assert cli.main(["submit", str(path), "--executor", "local", "--output-dir",
+                     str(tmp_path / "afile" / "runs"), "--no-progress"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
