@@ -5,6 +5,10 @@
     python tools/bench_step.py --attention megatron,sdpa --micro-batch 2 --formats dense,w4
     python tools/bench_step.py --cpu-smoke          # tiny shapes on a CPU (exercises the code)
 
+Beside the project's rows it times a plain PyTorch Llama of the same shape (SDPA attention),
+eager and torch.compile'd (--plain), and prints every ratio: project dense vs plain eager and
+vs plain compiled, each format vs project dense, with issue 15's targets at its shapes.
+
 See docs/performance.md. The library code is megatron_csl.kernels.bench.step.
 """
 import argparse
@@ -46,10 +50,17 @@ def parse_args(argv=None):
                    help="run the compression formats on the PyTorch reference, not Triton")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="tiny model on the CPU, fp32 (checks that everything runs)")
+    p.add_argument("--plain", type=_csv, default=None,
+                   help="plain PyTorch Llama rows of the same shape (SDPA): eager and/or "
+                        "compiled (torch.compile), or none (default: eager,compiled)")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend of the 'plain compiled' row")
+    p.add_argument("--micro-batches", type=int,
+                   help="micro-batches per optimizer step (default 1)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
     args = p.parse_args(argv)
     for name in ("layers", "hidden", "heads", "ffn", "seq", "micro_batch", "vocab", "steps",
-                 "matmul_n"):
+                 "matmul_n", "micro_batches"):
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
@@ -73,6 +84,13 @@ def main(argv=None):
     except SpecError as err:
         print(f"error: --formats: {err}", file=sys.stderr)
         return 2
+    plain = args.plain if args.plain is not None else ["eager", "compiled"]
+    plain = [] if plain == ["none"] else plain
+    bad = [m for m in plain if m not in ("eager", "compiled")]
+    if bad:
+        print(f"error: --plain must be eager and/or compiled, or none, got {bad[0]!r}",
+              file=sys.stderr)
+        return 2
     bad = [a for a in attentions if a not in ("sdpa", "megatron")]
     if bad:
         print(f"error: --attention must be sdpa and/or megatron, got {bad[0]!r}", file=sys.stderr)
@@ -85,7 +103,7 @@ def main(argv=None):
         num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=args.heads,
         ffn_hidden_size=args.ffn, seq_length=args.seq, micro_batch_size=args.micro_batch,
         vocab_size=args.vocab, steps=args.steps, warmup=args.warmup,
-        matmul_n=args.matmul_n).items() if v is not None}
+        matmul_n=args.matmul_n, micro_batches=args.micro_batches).items() if v is not None}
     if args.no_kernels:  # otherwise MEGATRON_CSL_KERNELS decides (1, 0 or check)
         overrides["kernels"] = False
     if cuda:
@@ -96,7 +114,8 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
     results, rate = bench.run_step_bench(formats, attentions, cfg,
                                          progress=lambda m: print(m, file=sys.stderr,
-                                                                  flush=True))
+                                                                  flush=True),
+                                         plain=plain, compile_backend=args.compile_backend)
     print(bench.format_step_table(results, cfg, rate))
     if args.json:
         tmp = args.json + ".tmp"

@@ -1,4 +1,7 @@
-"""bench_step's device selection and kernel mode, checked on a CPU (the GPU bugs of issue 15)."""
+"""bench_step's device selection, kernel mode and plain PyTorch reference, checked on a CPU
+(the GPU bugs of issue 15)."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -73,3 +76,27 @@ def test_kernel_summary_names_the_off_switch(monkeypatch):
     cfg = bench.StepBenchConfig.cpu_smoke(device="cuda")
     assert bench._kernel_summary(parse_spec("w4"), cfg, torch.device("cuda")) == \
         f"reference ({kernels.ENV_VAR} off)"
+
+
+def test_plain_llama_has_the_project_models_parameters(megatron_cpu):
+    """The plain PyTorch reference is the same model: same parameter count per shape as the
+    project's megatron GPTModel, and it trains (its loss falls over a few AdamW steps)."""
+    from megatron_csl.kernels.bench.plain import (PlainLlama, build_plain_step,
+                                                  plain_parameter_count)
+    from megatron_csl.model import build_gpt_model, llama_transformer_config
+
+    cfg = bench.StepBenchConfig.cpu_smoke(num_layers=2, hidden_size=64, num_attention_heads=4,
+                                          ffn_hidden_size=160, seq_length=16, vocab_size=96)
+    project = build_gpt_model(llama_transformer_config(cfg.shape, use_cpu_initialization=True),
+                              vocab_size=cfg.vocab_size, seq_length=cfg.seq_length)
+    plain = PlainLlama(cfg.num_layers, cfg.hidden_size, cfg.num_attention_heads,
+                       cfg.ffn_hidden_size, cfg.vocab_size, cfg.seq_length)
+    count = sum(p.numel() for p in plain.parameters())
+    assert count == sum(p.numel() for p in project.parameters()) == plain_parameter_count(cfg)
+    step, _ = build_plain_step(dataclasses.replace(cfg, micro_batches=2), torch.device("cpu"),
+                               "eager")
+    losses = [sum(float(x) for x in step()) for _ in range(6)]
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="plain mode must be one of eager, compiled, got 'jit'"):
+        build_plain_step(cfg, torch.device("cpu"), "jit")
+

@@ -41,19 +41,32 @@ def _run(tool, *args, timeout=300):
                     reason="CPU smoke; on a GPU run tools/bench_step.py itself (docs/performance.md)")
 def test_bench_step_cpu_smoke(tmp_path):
     out = tmp_path / "step.json"
+    # The plain rows' torch.compile uses aot_eager here (dynamo + AOT autograd without the C++
+    # code generation that takes minutes on a shared CPU); the tool's default is inductor.
     proc = _run("bench_step.py", "--cpu-smoke", "--formats", "dense,w4a4,s50:nm2/4",
                 "--attention", "megatron,sdpa", "--steps", "1", "--warmup", "0",
-                "--matmul-n", "128", "--json", str(out))
+                "--matmul-n", "128", "--plain", "eager,compiled", "--compile-backend",
+                "aot_eager", "--json", str(out))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "step ms" in proc.stdout and "MFU" in proc.stdout and "vs dense" in proc.stdout
     data = json.loads(out.read_text())
     rows = data["results"]
     assert [(r["attention"], r["compression"]) for r in rows] == [
+        ("sdpa", "plain eager"), ("sdpa", "plain compiled")] + [
         (a, f) for a in ("megatron", "sdpa") for f in ("dense", "w4a4", "s50:nm2/4")]
     for r in rows:
         assert r["error"] is None and r["step_s"] > 0 and r["mfu"] > 0
         assert r["tokens_per_s"] == pytest.approx(2 * 64 / r["step_s"])
     assert [r["ratio"] for r in rows if r["compression"] == "dense"] == [1.0, 1.0]
+    # every ratio printed: dense vs both plain rows, each format vs dense, per attention
+    ratios = data["ratios"]
+    assert len(ratios) == 2 * (2 + 2) and all(line in proc.stdout for line in ratios)
+    step = {(r["attention"], r["compression"]): r["step_s"] for r in rows}
+    speed = step[("sdpa", "plain eager")] / step[("sdpa", "dense")]
+    assert any(line.startswith(f"project dense [sdpa] vs plain eager: {speed:.2f}x speed")
+               for line in ratios)
+    assert any(line.startswith("w4a4 [megatron] vs project dense: ") for line in ratios)
+    assert "target" not in proc.stdout  # the issue's targets hold only for its GPU shapes
     assert data["matmul_flops_per_s"] > 0 and not out.with_suffix(".json.tmp").exists()
 
 

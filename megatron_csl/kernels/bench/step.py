@@ -198,13 +198,32 @@ def bench_format(compression: str, cfg: StepBenchConfig, device: torch.device,
     spec = parse_spec(compression)
     result = StepResult(compression=spec.canonical, attention=cfg.attention,
                         kernels=_kernel_summary(spec, cfg, device))
+    with kernel_mode_context(cfg.kernels):
+        return _measure(result, lambda: build_training_step(compression, cfg, device), cfg,
+                        device, rate)
+
+
+def bench_plain(mode: str, cfg: StepBenchConfig, device: torch.device, rate: float,
+                compile_backend: str = "inductor") -> StepResult:
+    """The plain PyTorch Llama of the same shape (SDPA attention), eager or torch.compile'd."""
+    from .plain import build_plain_step
+
+    result = StepResult(compression=f"plain {mode}", attention="sdpa", kernels="-")
+    if mode == "compiled":  # the first call compiles: never time it
+        cfg = dataclasses.replace(cfg, warmup=max(cfg.warmup, 1))
+    return _measure(result, lambda: build_plain_step(cfg, device, mode, compile_backend), cfg,
+                    device, rate)
+
+
+def _measure(result: StepResult, build: Callable, cfg: StepBenchConfig, device: torch.device,
+             rate: float) -> StepResult:
+    """Fill result with the median step time of build()'s step (or the reason it failed)."""
     step = objects = None
     try:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        with kernel_mode_context(cfg.kernels):
-            step, objects = build_training_step(compression, cfg, device)
-            times = time_calls(step, device, warmup=cfg.warmup, iters=cfg.steps)
+        step, objects = build()
+        times = time_calls(step, device, warmup=cfg.warmup, iters=cfg.steps)
         result.step_s = statistics.median(times)
         result.tokens_per_s = cfg.tokens_per_step / result.step_s
         flops = step_flops(cfg.shape, cfg.vocab_size, cfg.seq_length, cfg.tokens_per_step)
@@ -241,8 +260,10 @@ def _kernel_summary(spec, cfg: StepBenchConfig, device: torch.device) -> str:
 
 
 def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepBenchConfig,
-                   progress: Callable[[str], None] = print):
-    """Results for every (attention, format) and the measured matmul rate (FLOP/s)."""
+                   progress: Callable[[str], None] = print, plain: Sequence[str] = (),
+                   compile_backend: str = "inductor"):
+    """Results for the plain PyTorch model in each mode of `plain` ('eager', 'compiled'), then
+    every (attention, format), and the measured matmul rate (FLOP/s)."""
     device = resolve_device(cfg.device)
     init_single_process(device)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
@@ -250,6 +271,9 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
              f"({cfg.matmul_n}^3) ...")
     rate = matmul_rate(device, dtype, cfg.matmul_n)
     results = []
+    for mode in plain:
+        progress(f"[plain PyTorch] {mode} ...")
+        results.append(bench_plain(mode, cfg, device, rate, compile_backend))
     for attention in attentions:
         run_cfg = dataclasses.replace(cfg, attention=attention)
         dense_s = None
@@ -264,13 +288,63 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
     return results, rate
 
 
+# Issue 15's targets, by shape (hidden size): the project's dense speed against plain PyTorch
+# (plain step time / dense step time) and the compression overhead per format.
+DENSE_SPEED_TARGETS = {"plain eager": 1.0, "plain compiled": 0.9}
+OVERHEAD_TARGETS = {1024: 0.05, 2048: 0.03}
+OVERHEAD_FORMATS = ("w4", "w4a4", "s50", "s50:nm2/4", "s50+w4")
+
+
+def _has_targets(cfg: StepBenchConfig) -> bool:
+    """The issue's targets hold for its shapes in bf16 on a GPU, not for smoke runs."""
+    return (cfg.device.startswith("cuda") and cfg.bf16 and cfg.num_layers == 24
+            and cfg.hidden_size in OVERHEAD_TARGETS)
+
+
+def ratio_lines(results, cfg: StepBenchConfig) -> list:
+    """Every ratio: project dense vs each plain row, each format vs project dense; with the
+    issue's target where this run has one (its shapes, bf16, on a GPU)."""
+    plain = {r.compression: r for r in results if r.compression.startswith("plain ")
+             and r.step_s is not None}
+    lines = []
+    for attention in dict.fromkeys(r.attention for r in results
+                                   if not r.compression.startswith("plain ")):
+        rows = [r for r in results if r.attention == attention
+                and not r.compression.startswith("plain ") and r.step_s is not None]
+        dense = next((r for r in rows if r.compression == "dense"), None)
+        if dense is None:
+            continue
+        for name, ref in plain.items():
+            speed = ref.step_s / dense.step_s
+            target = DENSE_SPEED_TARGETS.get(name) if _has_targets(cfg) else None
+            line = (f"project dense [{attention}] vs {name}: {speed:.2f}x speed "
+                    f"({dense.step_s * 1e3:.1f} vs {ref.step_s * 1e3:.1f} ms)")
+            if target is not None:
+                line += _verdict(speed >= target, f">= {target}x")
+            lines.append(line)
+        limit = OVERHEAD_TARGETS.get(cfg.hidden_size) if _has_targets(cfg) else None
+        for r in rows:
+            if r.compression == "dense":
+                continue
+            overhead = r.step_s / dense.step_s - 1.0
+            line = f"{r.compression} [{attention}] vs project dense: {overhead:+.1%} step time"
+            if limit is not None and r.compression in OVERHEAD_FORMATS:
+                line += _verdict(overhead <= limit, f"<= {limit:+.0%}")
+            lines.append(line)
+    return lines
+
+
+def _verdict(met: bool, target: str) -> str:
+    return f"; target {target}: {'met' if met else 'NOT met'}"
+
+
 def format_step_table(results, cfg: StepBenchConfig, rate: float) -> str:
     from tabulate import tabulate
 
     dtype = "bf16" if cfg.bf16 else "fp32"
     head = (f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads}"
             f" heads, FFN {cfg.ffn_hidden_size}, vocab {cfg.vocab_size}; seq {cfg.seq_length}, "
-            f"micro-batch {cfg.micro_batch_size}, {dtype}, device {cfg.device}; "
+            f"micro-batch {cfg.micro_batch_size} x {cfg.micro_batches}, {dtype}, device {cfg.device}; "
             f"{dtype} matmul {format_rate(rate)} measured ({cfg.matmul_n}^3); "
             f"median of {cfg.steps} steps after {cfg.warmup} warm-up")
     rows = []
@@ -284,7 +358,8 @@ def format_step_table(results, cfg: StepBenchConfig, rate: float) -> str:
                      "" if r.peak_memory_gb is None else f"{r.peak_memory_gb:.1f}", r.kernels])
     table = tabulate(rows, headers=["attention", "format", "step ms", "tokens/s", "MFU",
                                     "vs dense", "peak GB", "kernels"])
-    return head + "\n" + table
+    ratios = ratio_lines(results, cfg)
+    return head + "\n" + table + ("\n\nratios:\n  " + "\n  ".join(ratios) if ratios else "")
 
 
 def format_rate(flops_per_s: float) -> str:
@@ -295,4 +370,5 @@ def format_rate(flops_per_s: float) -> str:
 
 def results_as_dicts(results, cfg: StepBenchConfig, rate: float) -> dict:
     return {"config": dataclasses.asdict(cfg), "matmul_flops_per_s": rate,
-            "results": [dataclasses.asdict(r) for r in results]}
+            "results": [dataclasses.asdict(r) for r in results],
+            "ratios": ratio_lines(results, cfg)}
