@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark: preprocessing tokens/s with 1 and 2 workers vs SentencePiece's batched encoding.
 
-Example (the corpus CI and the demo use; the tokenizer is trained on it if none is given):
-  python tools/bench_preprocess.py --corpus ../shared/data/wiki_vital_en.c4.json.gz
+Example (by default on the corpus shipped in megatron_csl/data/reference/: 10,033 English Wikipedia
+summaries; the tokenizer is trained on it if none is given):
+  python tools/bench_preprocess.py
 
 Prints tokens/s of the whole pipeline (gzip, JSON, encode, write, merge) and of
 sp.encode(texts, num_threads=K) on the same texts and cores, and their ratio (target >= 0.85
@@ -14,13 +15,12 @@ import os
 import sys
 import tempfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default=os.path.join(REPO_ROOT, "..", "shared", "data",
-                                                    "wiki_vital_en.c4.json.gz"))
+    p.add_argument("--corpus", default=None,
+                   help="C4-format shard to time (default: the shipped Wikipedia corpus, "
+                        "megatron_csl/data/reference/wiki_vital_en.c4.json.gz)")
     p.add_argument("--tokenizer-model", default=None,
                    help="SentencePiece model (default: train a 32k BPE on the corpus first)")
     p.add_argument("--vocab-size", type=int, default=32000, help="for the trained tokenizer")
@@ -35,6 +35,10 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.corpus is None:
+        from megatron_csl.data.reference_files import WIKI_CORPUS
+
+        args.corpus = str(WIKI_CORPUS)
     if not os.path.exists(args.corpus):
         print(f"error: corpus {args.corpus} not found", file=sys.stderr)
         return 2

@@ -168,17 +168,19 @@ def train_tokenizer(
     started = time.perf_counter()
     stats = SampleStats()
     docs: Iterable[str] = sample_documents(paths, sample_docs, seed, sample_rate, key, stats)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        docs = tqdm(docs, total=sample_docs, unit="doc", desc="sampling for the tokenizer")
+        bar = tqdm(total=sample_docs, unit="doc", desc="sampling for the tokenizer")
+        docs = _counted(docs, bar)
     # SentencePiece re-raises an exception from the iterator as a RuntimeError holding its text;
     # keep the original (e.g. ShardReadError naming the shard) and raise that instead.
     failure: List[BaseException] = []
     announce = None
     if progress:
         def announce():
-            docs.close()
+            bar.close()
             print(f"training a {model_type} model of {vocab_size} pieces on {stats.paragraphs:,} "
                   f"paragraphs (--verbose shows SentencePiece's log)", file=sys.stderr, flush=True)
     sentences = _stop_on_error(training_sentences(docs, max_sentence_bytes, stats), failure,
@@ -210,8 +212,8 @@ def train_tokenizer(
             f"{stats.documents} documents ({stats.text_bytes} bytes): {e}"
         ) from e
     finally:
-        if progress:
-            docs.close()
+        if bar is not None:
+            bar.close()
 
     if failure:
         raise failure[0]
@@ -233,6 +235,17 @@ def train_tokenizer(
             pad=processor.pad_id(),
         ),
     )
+
+
+def _counted(items: Iterable[str], bar) -> Iterator[str]:
+    """`items`, counted on the tqdm `bar`."""
+    for item in items:
+        bar.update(1)
+        yield item
+    # A corpus smaller than sample_docs ends the sample early: end the bar at 100% of what there
+    # was, not at "1% 10033/1000000".
+    bar.total = bar.n
+    bar.refresh()
 
 
 def _stop_on_error(items: Iterable[str], failure: List[BaseException], on_end=None) -> Iterator[str]:

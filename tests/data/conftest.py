@@ -5,11 +5,12 @@ import os
 
 import pytest
 
+from megatron_csl.data.reference_files import WIKI_CORPUS as _WIKI_CORPUS
 from megatron_csl.data.synthetic_c4 import shard_documents, make_language
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-# CI clones the repo with shared/ beside it; the tests must not depend on it being there
-WIKI_CORPUS = os.path.join(REPO_ROOT, "..", "shared", "data", "wiki_vital_en.c4.json.gz")
+# real English shipped with the package (megatron_csl/data/reference/README.md)
+WIKI_CORPUS = str(_WIKI_CORPUS)
 
 # Texts that stress the tokenizer round trip: digits, accents, CJK, emoji (byte fallback),
 # newlines, repeated and leading/trailing whitespace, tabs, JSON escapes.

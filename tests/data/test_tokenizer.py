@@ -93,3 +93,12 @@ def test_gzip_corrupt_mid_stream_is_a_shard_error(tmp_path):
         train_tokenizer([shard], str(tmp_path / "tok"), vocab_size=300, sample_docs=400,
                         seed=1, progress=False)
     assert not (tmp_path / "tok.model").exists()
+
+
+def test_progress_bar_ends_at_100_percent_when_the_corpus_is_smaller_than_the_sample(tmp_path, capsys):
+    shard = write_jsonl(str(tmp_path / "in.jsonl"), c4_rows(synthetic_texts(40)))
+    train_tokenizer([shard], str(tmp_path / "t"), vocab_size=400, sample_docs=1000, threads=1)
+    err = capsys.readouterr().err
+    last = err.replace("\r", "\n").strip().splitlines()
+    bar = [line for line in last if "sampling for the tokenizer" in line][-1]
+    assert "100%" in bar and "40/40" in bar, bar

@@ -1,18 +1,17 @@
 """Fitting: recovery of known laws, the Epoch Chinchilla reproduction, reduced form, diagnostics."""
 import csv
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from megatron_csl.data.reference_files import CHINCHILLA_EPOCH_CSV
 from megatron_csl.scaling.fitting import FitOptions, decide_data_term, fit_runs
 from megatron_csl.scaling.problem import RunTable
 from megatron_csl.scaling.runs import read_epoch_chinchilla
 from megatron_csl.scaling.synthetic import CHINCHILLA_LAW, PAPER_EPMS, SyntheticSweep
 
-REPO = Path(__file__).resolve().parents[2]
-EPOCH_CSV = REPO.parent / "shared" / "data" / "chinchilla_epoch_svg.csv"
-# Epoch AI's grid fit of their digitised Chinchilla points (REFERENCE.md)
+EPOCH_CSV = CHINCHILLA_EPOCH_CSV
+# Epoch AI's grid fit of their digitised Chinchilla points (Besiroglu et al. 2024, arXiv 2404.10102)
 EPOCH_FIT = {"A": 477.8, "B": 2143.9, "E": 1.8172, "alpha": 0.3473, "beta": 0.3672}
 FAST = FitOptions(refine_top=8)
 
@@ -24,7 +23,6 @@ def _assert_epoch_fit(params):
         assert params[name] == pytest.approx(EPOCH_FIT[name], rel=0.03), name
 
 
-@pytest.mark.skipif(not EPOCH_CSV.exists(), reason="../shared/data/chinchilla_epoch_svg.csv not present")
 def test_reproduces_epoch_grid_fit_on_their_chinchilla_points():
     runs = read_epoch_chinchilla(EPOCH_CSV)
     assert len(runs) == 240  # 245 rows, the 5 highest losses dropped

