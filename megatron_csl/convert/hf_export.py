@@ -2,7 +2,7 @@
 
 Writes ``config.json``, ``model.safetensors`` (sharded with an index above `max_shard_size`),
 ``generation_config.json`` and, when the run was tokenized with a SentencePiece model, the
-tokenizer (``tokenizer.model`` plus the ``LlamaTokenizer`` files transformers writes for it).
+tokenizer (``tokenizer.model`` plus a ``tokenizer.json`` that encodes exactly like it).
 
 Weights: ``compressed`` exports every compressed linear as the forward pass saw it
 (``spec.compress_weight``: pruned, quantized, dequantized), so evaluating the export matches the
@@ -25,9 +25,12 @@ from megatron_csl.convert.hf_llama import LlamaDims, compressed_linear_names, hf
 
 WEIGHT_CHOICES = ("compressed", "master")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-# Probe strings for checking the exported tokenizer against SentencePiece itself.
+# Probe strings for checking the exported tokenizer against SentencePiece itself: leading, repeated
+# and trailing whitespace (where Llama's Metaspace pre-tokenizer and SentencePiece's dummy prefix
+# part), newlines, tabs, digits, accents and byte fallback.
 TOKENIZER_PROBES = ("Hello world, this is a test.", "The quick brown fox jumps over the lazy dog 1234.",
-                    "Zürich, naïve café — déjà vu")
+                    "Zürich, naïve café — déjà vu", " one", "  two  spaces  ", "\nline\n\n after",
+                    "\ttab", " ", "中文 ✓ 🚀")
 
 
 def compressed_state(state: Mapping[str, torch.Tensor], dims: LlamaDims, compression: str,
@@ -103,7 +106,15 @@ def write_safetensors(state: Mapping[str, torch.Tensor], directory: Path,
 
 
 def export_tokenizer(spm_path: Optional[str], directory: Path) -> tuple[dict, list[str]]:
-    """Copy the SentencePiece model and write transformers' LlamaTokenizer files for it.
+    """Copy the SentencePiece model and write a transformers tokenizer that encodes like it.
+
+    Not ``LlamaTokenizer``: transformers rebuilds that class with a ``Metaspace`` pre-tokenizer, which
+    adds the dummy-prefix "▁" only when the text does not already start with a space, so ``" one"``
+    loses a token (SentencePiece's ``add_dummy_prefix`` always adds it: ``["▁", "▁one"]``).
+    transformers' generic fast tokenizer (``PreTrainedTokenizerFast``) converts the model following
+    its own normalizer spec instead; it is saved with that class in ``tokenizer_config.json`` so
+    ``AutoTokenizer`` loads ``tokenizer.json`` as written. No BOS or EOS is added to encoded text:
+    the training data had none at the start of a document (EOS only between documents).
 
     Returns (token ids for the config, notes). No tokenizer is written when the run had none.
     """
@@ -113,22 +124,27 @@ def export_tokenizer(spm_path: Optional[str], directory: Path) -> tuple[dict, li
     if not src.is_file():
         return {}, [f"the run's tokenizer {src} no longer exists; no tokenizer exported"]
     import sentencepiece as spm
-    from transformers import LlamaTokenizer
+    from transformers import PreTrainedTokenizerFast
 
     proc = spm.SentencePieceProcessor(model_file=str(src))
     ids = {"bos_token_id": proc.bos_id() if proc.bos_id() >= 0 else None,
            "eos_token_id": proc.eos_id() if proc.eos_id() >= 0 else None,
            "pad_token_id": proc.pad_id() if proc.pad_id() >= 0 else None}
     shutil.copyfile(src, directory / "tokenizer.model")
-    tokenizer = LlamaTokenizer.from_pretrained(str(directory))
+    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=False,
+                                                        add_eos_token=False)
     tokenizer.save_pretrained(str(directory))
+    config_path = directory / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"  # the name every transformers version knows
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
     notes = []
     mismatched = [p for p in TOKENIZER_PROBES
                   if tokenizer.encode(p, add_special_tokens=False) != proc.encode(p)]
     if mismatched:
-        notes.append(f"transformers' LlamaTokenizer tokenizes {len(mismatched)} of {len(TOKENIZER_PROBES)} "
-                     "probe strings differently from SentencePiece (e.g. its normalization); use "
-                     "tokenizer.model with sentencepiece for exact token ids")
+        notes.append(f"the exported Hugging Face tokenizer encodes {len(mismatched)} of "
+                     f"{len(TOKENIZER_PROBES)} probe strings differently from SentencePiece (first: "
+                     f"{mismatched[0]!r}); use tokenizer.model with sentencepiece for exact token ids")
     return ids, notes
 
 

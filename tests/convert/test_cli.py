@@ -53,9 +53,19 @@ def test_hf_and_packed_from_a_trained_run(trained_run, tmp_path, capsys):
     from megatron_csl.convert.packed_export import read_packed
     from megatron_csl.convert.run_info import locate_checkpoint
 
-    code, out, err = _main(["--load", trained_run, "--to", "hf", "--output", tmp_path / "hf"], capsys)
+    # --output's missing parent (exports/) is created; the results get umask permissions
+    umask = os.umask(0o022)
+    try:
+        code, out, err = _main(["--load", trained_run, "--to", "hf", "--output", tmp_path / "exports" / "hf"],
+                               capsys)
+    finally:
+        os.umask(umask)
     assert code == 0, err
     assert "Hugging Face Llama (compressed weights" in out
+    (tmp_path / "exports" / "hf").rename(tmp_path / "hf")
+    assert not list((tmp_path / "exports").iterdir())  # no staging leftovers
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "hf").iterdir()} == {"0o644"}
+    assert oct((tmp_path / "hf").stat().st_mode & 0o777) == "0o755"
     loaded = load_model(locate_checkpoint(trained_run))
     tokens = torch.randint(0, 300, (2, 32), generator=torch.Generator().manual_seed(1))
     hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32).eval()

@@ -72,32 +72,41 @@ def test_sharded_safetensors_with_index(tmp_path):
     assert relative_error(megatron_logits(loaded.model, TOKENS), _hf_logits(tmp_path)) <= 1e-4
 
 
-def test_sentencepiece_tokenizer_is_exported(tmp_path):
+def test_exported_tokenizer_matches_sentencepiece_on_every_document_of_a_real_corpus(tmp_path):
+    """A Llama-like tokenizer trained by the project on the shipped Wikipedia corpus: the export's
+    tokenizer (as AutoTokenizer loads it) gives SentencePiece's ids on all 10,033 documents, adds
+    no BOS, and decodes like SentencePiece."""
     import gzip
     import json as _json
 
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
-    data = "/work/shared/data/wiki_vital_en.c4.json.gz"
-    try:
-        with gzip.open(data, "rt") as f:
-            texts = [_json.loads(line)["text"] for line, _ in zip(f, range(200))]
-    except FileNotFoundError:
-        texts = ["The quick brown fox jumps over the lazy dog. " * 20, "Hello world, this is a test. " * 20]
-    prefix = tmp_path / "sp"
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(prefix), vocab_size=384,
-                                   model_type="bpe", byte_fallback=True, character_coverage=0.9995,
-                                   normalization_rule_name="identity", remove_extra_whitespaces=False,
-                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
-    loaded = loaded_model("dense", tokenizer_model=str(prefix) + ".model", vocab_size=384)
+    from megatron_csl.data.reference_files import WIKI_CORPUS
+    from megatron_csl.data.tokenizer import train_tokenizer
+
+    report = train_tokenizer([str(WIKI_CORPUS)], str(tmp_path / "wiki"), vocab_size=4096, threads=1,
+                             progress=False)
+    loaded = loaded_model("dense", tokenizer_model=report.model_path, vocab_size=4096,
+                          padded_vocab_size=4096)
     out = tmp_path / "hf"
     out.mkdir()
-    export_hf(loaded, out, progress=False)
-    assert (out / "tokenizer.model").is_file()
+    summary = export_hf(loaded, out, progress=False)
+    assert not [n for n in summary["notes"] if "tokenizer" in n], summary["notes"]
+    assert (out / "tokenizer.model").read_bytes() == open(report.model_path, "rb").read()
     tok = AutoTokenizer.from_pretrained(str(out))
-    sp = spm.SentencePieceProcessor(model_file=str(prefix) + ".model")
-    text = "The quick brown fox jumps over the lazy dog."
-    assert tok.encode(text, add_special_tokens=False) == sp.encode(text)
+    sp = spm.SentencePieceProcessor(model_file=report.model_path)
+
+    assert tok(" one").input_ids == sp.encode(" one") and len(sp.encode(" one")) == 2  # the reported case
+    with gzip.open(WIKI_CORPUS, "rt", encoding="utf-8") as f:
+        texts = [_json.loads(line)["text"] for line in f]
+    assert len(texts) == 10_033
+    expected = sp.encode(texts)
+    got = tok(texts).input_ids  # default call: no special tokens added, as in training
+    differ = [i for i, (a, b) in enumerate(zip(got, expected)) if a != b]
+    assert not differ, f"{len(differ)} documents differ, first: {texts[differ[0]][:80]!r}"
+    sample = expected[::50]
+    assert tok.batch_decode(sample) == sp.decode(sample)
     config = json.loads((out / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
+    assert tok.eos_token_id == 2
