@@ -41,6 +41,10 @@ class DemoSettings:
     tokenizer_sample_docs: int
     parallel_runs: int
     bootstrap: int
+    # SentencePiece's BPE trainer gives a different model for a different thread count, so the demo
+    # fixes it (2: what the README's figures were made with, on a 2-core machine) rather than
+    # taking the machine's core count.
+    tokenizer_threads: int = 2
 
 
 CPU = DemoSettings(sweep_file="launch/sweeps/demo.yaml", train_shards=2, docs_per_shard=6000,
@@ -65,6 +69,9 @@ class Demo:
         self.env = dict(os.environ)
         self.env.setdefault("PYTHONWARNINGS",
                             "ignore:Transformer Engine and Apex are not installed")
+        # Losses depend on torch's intra-op thread count (reductions split differently): one thread
+        # per training run, whatever the caller's environment says (the README's figures did so).
+        self.env["OMP_NUM_THREADS"] = "1"
 
     # -- helpers -------------------------------------------------------------------------
     def _header(self, title: str) -> None:
@@ -117,7 +124,7 @@ class Demo:
         self._run(self._tool("tools/train_tokenizer.py") + [
             "--input", str(self.shard_dir / "c4-train.*.json.gz"), "--vocab-size", self.s.vocab_size,
             "--model-type", "bpe", "--sample-docs", self.s.tokenizer_sample_docs,
-            "--output-prefix", self.tokenizer_prefix])
+            "--threads", self.s.tokenizer_threads, "--output-prefix", self.tokenizer_prefix])
 
     def preprocess(self) -> None:
         self._header("Megatron indexed dataset")
