@@ -131,8 +131,15 @@ def export_tokenizer(spm_path: Optional[str], directory: Path) -> tuple[dict, li
            "eos_token_id": proc.eos_id() if proc.eos_id() >= 0 else None,
            "pad_token_id": proc.pad_id() if proc.pad_id() >= 0 else None}
     shutil.copyfile(src, directory / "tokenizer.model")
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=False,
-                                                        add_eos_token=False)
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), add_bos_token=False,
+                                                            add_eos_token=False)
+    except (ValueError, OSError, ImportError) as err:  # a transformers without the SentencePiece converter
+        import transformers
+
+        return ids, [f"transformers {transformers.__version__} cannot convert the SentencePiece model "
+                     f"to a fast tokenizer ({err}); only tokenizer.model is exported: encode with "
+                     "sentencepiece"]
     tokenizer.save_pretrained(str(directory))
     config_path = directory / "tokenizer_config.json"
     config = json.loads(config_path.read_text())

@@ -110,3 +110,24 @@ def test_exported_tokenizer_matches_sentencepiece_on_every_document_of_a_real_co
     config = json.loads((out / "config.json").read_text())
     assert (config["bos_token_id"], config["eos_token_id"]) == (1, 2)
     assert tok.eos_token_id == 2
+
+
+def test_tokenizer_export_without_a_converter_keeps_tokenizer_model_and_says_so(tmp_path, monkeypatch):
+    import transformers
+
+    from megatron_csl.convert.hf_export import export_tokenizer
+    from megatron_csl.data.reference_files import WIKI_CORPUS
+    from megatron_csl.data.tokenizer import train_tokenizer
+
+    model = train_tokenizer([str(WIKI_CORPUS)], str(tmp_path / "t"), vocab_size=400, sample_docs=300,
+                            threads=1, progress=False).model_path
+
+    def no_converter(*args, **kwargs):
+        raise ValueError("Couldn't instantiate the backend tokenizer")
+
+    monkeypatch.setattr(transformers.PreTrainedTokenizerFast, "from_pretrained", no_converter)
+    out = tmp_path / "hf"
+    out.mkdir()
+    ids, notes = export_tokenizer(model, out)
+    assert ids["eos_token_id"] == 2 and sorted(p.name for p in out.iterdir()) == ["tokenizer.model"]
+    assert len(notes) == 1 and "only tokenizer.model is exported" in notes[0]
