@@ -79,7 +79,7 @@ else
     SHAPE_1B=(--layers 24 --hidden 2048 --heads 16 --ffn 5632 --micro-batch 4 --warmup 2 --steps 5)
     PRETRAIN=()
     TESTS=(tests/kernels tests/compression/test_gpu.py tests/layers/test_te_layers.py
-           tests/layers/test_weight_cache.py)
+           tests/layers/test_weight_cache.py tests/layers/test_te_fp8.py)
     "$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)" \
         | tee -a "$OUT/gpu_check.log"
 fi

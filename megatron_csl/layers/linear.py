@@ -42,6 +42,10 @@ def _with_compression(text: str, spec) -> str:
     return f"{text[:-1]}, compression={spec.canonical})" if text.endswith(")") else text
 
 
+def _codes_as(dtype, codes, unit):
+    return codes.to(dtype), unit
+
+
 class _CompressedLinear:
     """What both compressed linears share: the format, its shard context, and the hook that hands
     the compressed weight and input to megatron's own matmul. Mixed in before megatron's class."""
@@ -58,6 +62,12 @@ class _CompressedLinear:
                                   weight_split_dim=weight_split_dim if sharded else None,
                                   input_split=input_split and sharded)
         self._integer_matmul_exact = self.compression.integer_matmul_exact(self.input_size)
+        from megatron_csl.kernels.int8 import int8_gemm_reason
+
+        # int8 GEMM (w8a8, w4a4, ...): at TP=1 only, where megatron's matmul has no
+        # communication to do that this path would skip.
+        self._int8_gemm = (not sharded and int8_gemm_reason(self.compression,
+                                                            self.input_size) is None)
         self._weight_cache = CompressedWeightCache()
 
     def _cached(self, weight, kind: str, compute):
@@ -65,6 +75,15 @@ class _CompressedLinear:
 
     def _forward_impl(self, input, weight, *args, **kwargs):
         spec = self.compression
+        if self._runs_on_int8(input, weight, kwargs.get("bias")):
+            from megatron_csl.kernels.int8 import int8_linear
+
+            # Codes in the input's dtype (small integers: exact), units in float32, which the
+            # exact integer sums are scaled by before the one rounding to the output dtype.
+            codes_x, x_unit = spec.activation_codes(input.float(), self.shard)
+            codes_w, w_unit = self._cached(weight, "int8", lambda w: _codes_as(
+                w.dtype, *spec.weight_codes(w.float(), self.shard)))
+            return int8_linear(spec, codes_x.to(input.dtype), x_unit, codes_w, w_unit)
         if self._runs_on_integer_codes(input, weight, kwargs.get("bias")):
             # codes_x @ codes_w^T is exact, whatever order the matmul (or TP's all-reduce) sums
             # in; the units multiply the result afterwards (see _apply_units).
@@ -79,6 +98,17 @@ class _CompressedLinear:
             (weight,) = self._cached(weight, "values",
                                      lambda w: (spec.compress_weight(w, self.shard),))
         return super()._forward_impl(input, weight, *args, **kwargs)
+
+    def _runs_on_int8(self, input, weight, bias) -> bool:
+        """bf16/fp16 integer x integer formats of at most 8 bits run on torch._int_mm (exact
+        integer sums, the fake-quant values' product; megatron_csl/kernels/int8.py), unless
+        MEGATRON_CSL_KERNELS=0."""
+        if not (self._int8_gemm and bias is None and not self.sequence_parallel
+                and input.dtype in (torch.bfloat16, torch.float16) and weight.dtype == input.dtype):
+            return False
+        from megatron_csl.kernels import kernel_mode
+
+        return kernel_mode() != "0"
 
     def _runs_on_integer_codes(self, input, weight, bias) -> bool:
         """In float32/64 an integer x integer format multiplies integer codes, so that the
@@ -120,6 +150,17 @@ class CompressedRowParallelLinear(_CompressedLinear, RowParallelLinear):
         self._setup_compression(compression, (self.output_size, self.input_size_per_partition),
                                 weight_split_dim=1, input_split=True)
         self._pending_units = None
+
+    def _runs_on_int8(self, input, weight, bias) -> bool:
+        """bf16/fp16 integer x integer formats of at most 8 bits run on torch._int_mm (exact
+        integer sums, the fake-quant values' product; megatron_csl/kernels/int8.py), unless
+        MEGATRON_CSL_KERNELS=0."""
+        if not (self._int8_gemm and bias is None and not self.sequence_parallel
+                and input.dtype in (torch.bfloat16, torch.float16) and weight.dtype == input.dtype):
+            return False
+        from megatron_csl.kernels import kernel_mode
+
+        return kernel_mode() != "0"
 
     def _runs_on_integer_codes(self, input, weight, bias) -> bool:
         # The units multiply the all-reduced sum, which forward adds the bias to.
