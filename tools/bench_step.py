@@ -57,6 +57,11 @@ def parse_args(argv=None):
                    help="torch.compile backend of the 'plain compiled' row")
     p.add_argument("--micro-batches", type=int,
                    help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--transformer-impl", choices=("local", "te"), default="local",
+                   help="the project's layers: megatron-core local spec or Transformer Engine")
+    p.add_argument("--fp8-rows", type=_csv, default=None, metavar="FORMAT:RECIPE,...",
+                   help="extra dense rows trained with TE's FP8 GEMMs (needs --transformer-impl "
+                        "te), e.g. hybrid:delayed,hybrid:tensorwise,e4m3:delayed")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
     args = p.parse_args(argv)
     for name in ("layers", "hidden", "heads", "ffn", "seq", "micro_batch", "vocab", "steps",
@@ -95,6 +100,17 @@ def main(argv=None):
     if bad:
         print(f"error: --attention must be sdpa and/or megatron, got {bad[0]!r}", file=sys.stderr)
         return 2
+    from megatron_csl.layers.fp8 import check_fp8
+
+    fp8_rows = []
+    for item in args.fp8_rows or []:
+        fmt, _, recipe = item.partition(":")
+        try:
+            check_fp8(fmt, recipe or "delayed", args.transformer_impl)
+        except ValueError as err:
+            print(f"error: --fp8-rows {item!r}: {err}", file=sys.stderr)
+            return 2
+        fp8_rows.append((fmt, recipe or "delayed"))
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     if not cuda and not args.cpu_smoke:
         print("no CUDA device: running the CPU smoke configuration (use --cpu-smoke to say so)",
@@ -104,6 +120,7 @@ def main(argv=None):
         ffn_hidden_size=args.ffn, seq_length=args.seq, micro_batch_size=args.micro_batch,
         vocab_size=args.vocab, steps=args.steps, warmup=args.warmup,
         matmul_n=args.matmul_n, micro_batches=args.micro_batches).items() if v is not None}
+    overrides["impl"] = args.transformer_impl
     if args.no_kernels:  # otherwise MEGATRON_CSL_KERNELS decides (1, 0 or check)
         overrides["kernels"] = False
     if cuda:
@@ -115,7 +132,8 @@ def main(argv=None):
     results, rate = bench.run_step_bench(formats, attentions, cfg,
                                          progress=lambda m: print(m, file=sys.stderr,
                                                                   flush=True),
-                                         plain=plain, compile_backend=args.compile_backend)
+                                         plain=plain, compile_backend=args.compile_backend,
+                                         fp8_rows=fp8_rows)
     print(bench.format_step_table(results, cfg, rate))
     if args.json:
         tmp = args.json + ".tmp"

@@ -109,7 +109,7 @@ step step_1b 90 step_1b.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_1B[
     --formats dense,w4a4,w8a8,fp8 --plain eager,compiled --json "$OUT/step_1b.json"
 if "$PY" -c "import transformer_engine.pytorch" 2>/dev/null && [ "$SMOKE_MODE" = 0 ]; then
     step te 50 te.txt "$PY" tools/bench_step.py "${SHAPE_1B[@]}" --transformer-impl te \
-        --formats dense --fp8-rows hybrid:delayed,hybrid:tensorwise,e4m3:delayed --plain none \
+        --attention megatron --formats dense --fp8-rows hybrid:delayed,hybrid:tensorwise,e4m3:delayed --plain none \
         --json "$OUT/te.json"
 else
     echo "te: skipped (transformer_engine does not import)" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"

@@ -83,6 +83,11 @@ def test_bench_step_rejects_bad_input(capsys):
     assert "error: --formats: invalid compression spec 'w9': weight bits must be one of" in err
     assert _tool("bench_step").main(["--attention", "flash"]) == 2
     assert "--attention must be sdpa and/or megatron, got 'flash'" in capsys.readouterr().err
+    assert _tool("bench_step").main(["--cpu-smoke", "--plain", "jit"]) == 2
+    assert "--plain must be eager and/or compiled, or none, got 'jit'" in capsys.readouterr().err
+    assert _tool("bench_step").main(["--cpu-smoke", "--fp8-rows", "hybrid:delayed"]) == 2
+    assert ("error: --fp8-rows 'hybrid:delayed': fp8 format 'hybrid' needs the Transformer "
+            "Engine layers") in capsys.readouterr().err
     with pytest.raises(SystemExit):
         _tool("bench_step").main(["--seq", "0"])
     assert "--seq must be >= 1, got 0" in capsys.readouterr().err

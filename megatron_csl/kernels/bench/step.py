@@ -38,6 +38,9 @@ class StepBenchConfig:
     vocab_size: int = 32000
     bf16: bool = True
     attention: str = "sdpa"
+    impl: str = "local"                  # "te": Transformer Engine's layers (--transformer-impl)
+    fp8_format: Optional[str] = None     # TE FP8 GEMMs (hybrid / e4m3), impl "te" only
+    fp8_recipe: str = "delayed"
     # None: MEGATRON_CSL_KERNELS decides (1, 0 or check); False: reference only (--no-kernels).
     kernels: Optional[bool] = None
     warmup: int = 3
@@ -139,10 +142,14 @@ def build_training_step(compression: str, cfg: StepBenchConfig, device: torch.de
 
     from megatron_csl.model import build_gpt_model, llama_transformer_config
 
+    from megatron_csl.layers.fp8 import fp8_config_overrides
+
     config = llama_transformer_config(cfg.shape, bf16=cfg.bf16,
-                                      use_cpu_initialization=device.type == "cpu")
+                                      use_cpu_initialization=device.type == "cpu",
+                                      **fp8_config_overrides(cfg.fp8_format, cfg.fp8_recipe,
+                                                             cfg.impl))
     model = build_gpt_model(config, vocab_size=cfg.vocab_size, seq_length=cfg.seq_length,
-                            compression=compression, attention=cfg.attention)
+                            compression=compression, attention=cfg.attention, impl=cfg.impl)
     model.to(device)
     if cfg.bf16:
         from megatron.core.transformer.module import Float16Module
@@ -196,7 +203,10 @@ def bench_format(compression: str, cfg: StepBenchConfig, device: torch.device,
     from megatron_csl.compression import parse_spec
 
     spec = parse_spec(compression)
-    result = StepResult(compression=spec.canonical, attention=cfg.attention,
+    label = spec.canonical
+    if cfg.fp8_format is not None:
+        label += f" {FP8_LABEL}{cfg.fp8_format}/{cfg.fp8_recipe}"
+    result = StepResult(compression=label, attention=cfg.attention,
                         kernels=_kernel_summary(spec, cfg, device))
     with kernel_mode_context(cfg.kernels):
         return _measure(result, lambda: build_training_step(compression, cfg, device), cfg,
@@ -259,11 +269,15 @@ def _kernel_summary(spec, cfg: StepBenchConfig, device: torch.device) -> str:
     return kernels.describe(spec, (cfg.hidden_size, cfg.ffn_hidden_size))
 
 
+FP8_LABEL = "te-fp8:"
+
+
 def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepBenchConfig,
                    progress: Callable[[str], None] = print, plain: Sequence[str] = (),
-                   compile_backend: str = "inductor"):
+                   compile_backend: str = "inductor", fp8_rows: Sequence[tuple] = ()):
     """Results for the plain PyTorch model in each mode of `plain` ('eager', 'compiled'), then
-    every (attention, format), and the measured matmul rate (FLOP/s)."""
+    every (attention, format), then dense with TE's FP8 for each (format, recipe) of
+    `fp8_rows`, and the measured matmul rate (FLOP/s)."""
     device = resolve_device(cfg.device)
     init_single_process(device)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
@@ -277,9 +291,12 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
     for attention in attentions:
         run_cfg = dataclasses.replace(cfg, attention=attention)
         dense_s = None
-        for fmt in formats:
-            progress(f"[{attention}] {fmt} ...")
-            result = bench_format(fmt, run_cfg, device, rate)
+        runs = [(fmt, run_cfg) for fmt in formats] + [
+            ("dense", dataclasses.replace(run_cfg, fp8_format=f, fp8_recipe=r))
+            for f, r in fp8_rows]
+        for fmt, fmt_cfg in runs:
+            progress(f"[{attention}] {fmt} {fmt_cfg.fp8_format or ''} ...")
+            result = bench_format(fmt, fmt_cfg, device, rate)
             if result.compression == "dense" and result.step_s is not None:
                 dense_s = result.step_s
             if dense_s is not None and result.step_s is not None:
@@ -293,6 +310,7 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
 DENSE_SPEED_TARGETS = {"plain eager": 1.0, "plain compiled": 0.9}
 OVERHEAD_TARGETS = {1024: 0.05, 2048: 0.03}
 OVERHEAD_FORMATS = ("w4", "w4a4", "s50", "s50:nm2/4", "s50+w4")
+FP8_SPEEDUP_TARGET = {2048: 1.2}  # TE FP8 step vs the project's bf16 step, at 1.23B
 
 
 def _has_targets(cfg: StepBenchConfig) -> bool:
@@ -330,6 +348,11 @@ def ratio_lines(results, cfg: StepBenchConfig) -> list:
             line = f"{r.compression} [{attention}] vs project dense: {overhead:+.1%} step time"
             if limit is not None and r.compression in OVERHEAD_FORMATS:
                 line += _verdict(overhead <= limit, f"<= {limit:+.0%}")
+            speedup = FP8_SPEEDUP_TARGET.get(cfg.hidden_size) if _has_targets(cfg) else None
+            if FP8_LABEL in r.compression:
+                line += f", {dense.step_s / r.step_s:.2f}x speed"
+                if speedup is not None:
+                    line += _verdict(dense.step_s / r.step_s >= speedup, f">= {speedup}x")
             lines.append(line)
     return lines
 
@@ -342,7 +365,7 @@ def format_step_table(results, cfg: StepBenchConfig, rate: float) -> str:
     from tabulate import tabulate
 
     dtype = "bf16" if cfg.bf16 else "fp32"
-    head = (f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads}"
+    head = (f"model ({cfg.impl} layers): {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_attention_heads}"
             f" heads, FFN {cfg.ffn_hidden_size}, vocab {cfg.vocab_size}; seq {cfg.seq_length}, "
             f"micro-batch {cfg.micro_batch_size} x {cfg.micro_batches}, {dtype}, device {cfg.device}; "
             f"{dtype} matmul {format_rate(rate)} measured ({cfg.matmul_n}^3); "
