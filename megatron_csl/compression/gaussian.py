@@ -98,7 +98,7 @@ TERNARY_LEVELS = np.array([-1.0, 0.0, 1.0])
 
 @lru_cache(maxsize=None)
 def alpha_star(bits: int) -> float:
-    """Gaussian-MSE-optimal half-range (RMS units) of the symmetric b-bit grid (REFERENCE: alpha*_b)."""
+    """Gaussian-MSE-optimal half-range (RMS units) of the symmetric b-bit grid (QuEST, arXiv 2502.05003: alpha*_b)."""
     return optimal_scale(symmetric_levels(bits), lo=0.1, hi=8.0)[0]
 
 

@@ -18,7 +18,7 @@ from scipy.optimize import least_squares
 
 from .laws import C_BOUNDS, CapacityLaw, DENSE, F_BOUNDS, LOG_LC_BOUNDS
 
-REFERENCE = (1.0, 0.41, 1.39)  # Lc, F, C (Llama/C4 fit, REFERENCE.md)
+REFERENCE = (1.0, 0.41, 1.39)  # Lc, F, C (Llama/C4 fit of Panferov et al. 2025, arXiv 2506.01863)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Every law this package fits predicts log loss as
 The laws differ only in how ``log eff_i`` depends on the parameters, so this module takes the
 per-point ``log eff`` and its Jacobian from the law and does the rest: residuals
 ``log(observed) - prediction``, Huber loss with delta 1e-3 **summed** over points (a mean makes
-L-BFGS stop early; REFERENCE.md), optional per-point weights (bootstrap multiplicities), and the
+L-BFGS stop early; Epoch AI's replication, arXiv 2404.10102), optional per-point weights (bootstrap multiplicities), and the
 gradient by the chain rule. Everything is vectorised over points, because the bootstrap calls this
 hundreds of thousands of times.
 """

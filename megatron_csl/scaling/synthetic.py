@@ -11,9 +11,9 @@ from .outputs import write_text
 
 from .problem import RunTable
 
-# Epoch AI's fit of the Chinchilla runs (REFERENCE.md), as (a, b, c, d, e).
+# Epoch AI's grid fit of the Chinchilla runs (Besiroglu et al. 2024, arXiv 2404.10102), as (a, b, c, d, e).
 CHINCHILLA_LAW = (477.8, 0.3473, 2143.9, 0.3672, 1.8172)
-# Reported EPMs of Frantar et al. 2025 for a few formats (REFERENCE.md).
+# Reported EPMs of Frantar et al. 2025 (arXiv 2502.16440) for a few formats.
 PAPER_EPMS = {"dense": 1.0, "w4": 0.923, "w2": 0.702, "w1": 0.466, "w4a4": 0.747, "s50": 0.871}
 
 

@@ -1,4 +1,4 @@
-"""Gaussian MSE against REFERENCE.md, derived constants, and the capacity formula."""
+"""Gaussian MSE against the published values, derived constants, and the capacity formula."""
 import math
 
 import numpy as np
@@ -11,7 +11,8 @@ from megatron_csl.compression.floats import optimal_format_scale
 from megatron_csl.compression.gaussian import (alpha_star, scalar_quantizer_mse, symmetric_levels,
                                                ternary_star)
 
-# REFERENCE.md "Reference GMSE values (N(0,1), best scale)".
+# Published Gaussian MSE (N(0,1), best scale): QuEST (arXiv 2502.05003) and the unified-laws paper
+# (Panferov et al. 2025, arXiv 2506.01863).
 REFERENCE_GMSE = {
     "w1": 0.36338, "w2": 0.11885, "w2:zero": 0.14943, "w1.58": 0.19017, "w3": 0.037440,
     "w4": 0.011543, "w5": 0.0034952, "w6": 0.0010400, "w8": 8.77e-5, "fp4": 0.012685,
