@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="per run: pending/running/finished/failed, last loss, progress")
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--fit", action="store_true",
+                   help="also fit the compression law to the finished runs, with diagnostics, and "
+                        "mark the EPMs that are still unidentified")
+    p.add_argument("--fit-bootstrap", type=int, default=200, metavar="B",
+                   help="with --fit: bootstrap resamples (default 200; 0 = no intervals)")
     return parser
 
 
@@ -84,14 +89,27 @@ def cmd_status(sweep, runs, args) -> int:
     statuses = _statuses(sweep, runs)
     rows = status_mod.status_rows(statuses)
     counts = status_mod.summarize(statuses)
+    fit = None
+    if args.fit:
+        from .live_fit import finished_run_dirs, fit_finished
+
+        if args.fit_bootstrap < 0 or args.fit_bootstrap == 1:
+            raise SweepError(f"--fit-bootstrap must be 0 (off) or at least 2, got {args.fit_bootstrap}")
+        fit = fit_finished(finished_run_dirs(sweep, statuses), sweep.formats,
+                           bootstrap=args.fit_bootstrap, progress=not args.json)
     if args.json:
         raw = [{**dataclasses.asdict(s), "progress": s.progress} for s in statuses]
-        print(json.dumps({"sweep": sweep.name, "output_dir": str(sweep.output_dir),
-                          "counts": counts, "runs": raw}, indent=2))
+        out = {"sweep": sweep.name, "output_dir": str(sweep.output_dir), "counts": counts, "runs": raw}
+        if fit is not None:
+            out["fit"] = fit
+        print(json.dumps(out, indent=2))
     else:
         print(f"sweep {sweep.name}: {len(rows)} runs in {sweep.output_dir}")
         print(tabulate(rows, headers="keys", disable_numparse=True))
         print(", ".join(f"{n} {state}" for state, n in counts.items()))
+        if fit is not None:
+            from .live_fit import format_live_fit
+            print(format_live_fit(fit), end="")
     return 0
 
 
