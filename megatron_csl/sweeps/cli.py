@@ -62,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "mark the EPMs that are still unidentified")
     p.add_argument("--fit-bootstrap", type=int, default=200, metavar="B",
                    help="with --fit: bootstrap resamples (default 200; 0 = no intervals)")
+
+    p = sub.add_parser("suggest", help="the next runs: those that shrink the widest EPM intervals "
+                                       "most per GPU-hour, written as a sweep file for submit")
+    _common(p)
+    p.add_argument("--budget-gpu-hours", type=float, required=True, metavar="H",
+                   help="GPU-hours (task-hours on CPU profiles) the suggested runs may cost in all")
+    p.add_argument("--out", type=Path, default=None,
+                   help="sweep file to write (default: SWEEP_STEM.suggested.yaml in the current folder)")
+    p.add_argument("--resamples", type=int, default=30, metavar="B",
+                   help="bootstrap resamples the candidates are simulated on (default 30)")
+    p.add_argument("--candidates", type=int, default=6, metavar="K",
+                   help="candidates simulated per pick, the best K of a linearised ranking (default 6)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap and simulation seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -168,7 +182,23 @@ def cmd_submit(sweep, runs, args) -> int:
     return 0 if finished == len(todo) else 1
 
 
-COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status}
+def cmd_suggest(sweep, runs, args) -> int:
+    from megatron_csl.scaling.planner import format_plan
+    from .suggest import run_suggest
+
+    out = args.out or Path.cwd() / f"{sweep.source.stem}.suggested.yaml"
+    plan = run_suggest(sweep, runs, _statuses(sweep, runs), args.budget_gpu_hours, out,
+                       resamples=args.resamples, top_k=args.candidates, seed=args.seed,
+                       progress=not args.no_progress)
+    print(format_plan(plan), end="")
+    if plan.picks:
+        print(f"wrote {out}: submit it with launch/sweep.py submit {out} --executor ...")
+    else:
+        print("nothing fits the budget; no file written")
+    return 0
+
+
+COMMANDS = {"plan": cmd_plan, "submit": cmd_submit, "status": cmd_status, "suggest": cmd_suggest}
 
 
 def main(argv=None) -> int:
@@ -177,7 +207,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
     try:
         sweep = load_sweep(args.sweep, output_dir=args.output_dir, cluster=args.profile)
-        runs = _select(expand_runs(sweep), args.only)
+        from .suggest import select_listed
+        runs = _select(select_listed(expand_runs(sweep), sweep.runs), args.only)
         return COMMANDS[args.command](sweep, runs, args)
     except SweepError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -19,7 +19,7 @@ from .profile import ClusterProfile, load_profile, parse_time_limit
 from .yamlio import check_keys, load_yaml_mapping
 
 TOP_KEYS = ("name", "description", "output_dir", "cluster", "models", "formats", "tokens_per_param",
-            "seeds", "data", "training", "layout", "per_model", "extra_args")
+            "seeds", "data", "training", "layout", "per_model", "extra_args", "runs")
 REQUIRED_TOP_KEYS = ("name", "cluster", "models", "formats", "tokens_per_param", "training", "data")
 DATA_KEYS = ("paths", "mock", "tokenizer_model")
 SHAPE_KEYS = ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size")
@@ -83,6 +83,8 @@ class SweepConfig:
     per_model: dict                    # model name -> overrides of training/layout keys
     extra_args: list[str]
     description: str = ""
+    # names of the runs to train (`launch/sweep.py suggest` writes it); None = the whole product
+    runs: Optional[tuple] = None
 
     def settings_for(self, model_name: str) -> tuple[dict, dict]:
         """(training flags, layout) for one model after its per_model overrides."""
@@ -327,4 +329,14 @@ def load_sweep(path, *, output_dir=None, cluster=None, base_dir: Optional[Path] 
         tokens_per_param=ratios, seeds=seeds, data=data_cfg, training=training, layout=layout,
         per_model=per_model, extra_args=[str(e) for e in extra],
         description=str(data.get("description") or ""),
+        runs=_parse_run_names(data.get("runs"), f"{where} runs"),
     )
+
+
+def _parse_run_names(value, where: str) -> Optional[tuple]:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        raise SweepError(f"{where} must be a non-empty list of run names (as `plan` prints them), "
+                         f"got {value!r}")
+    return tuple(value)
