@@ -2,13 +2,15 @@
 GPU-hour (``launch/sweep.py suggest``; docs/fitting.md, "Planning the next runs").
 
 The finished runs are fitted (compression law) and bootstrapped (B resamples, each a re-weighting
-of the runs with its own optimum). A candidate run (format, N, D) is valued by simulating it: on
-every resample b, its loss is drawn from that resample's law plus the fit's residual noise, the
-resample is refitted with the candidate added (warm-started from its own optimum), and the spread
-of the refitted EPMs over the resamples is the interval the sweep would have after training the
-candidate. Its value is the drop of the interval score (root mean square over formats of the
-log-width of the 95% interval, so the widest dominate) per GPU-hour. The same normal draws are
-used for every candidate (common random numbers), so candidates are compared on the same noise.
+of the runs with its own optimum). A candidate run (format, N, D) is valued by simulating it: its
+outcome is the full fit's predicted loss (the expected outcome under the best estimate of the law),
+every resample b is refitted with the candidate added (warm-started from its own optimum), and the
+spread of the refitted EPMs over the resamples is the interval the sweep would have after training
+the candidate: a run that carries information pulls the resamples' optima together. (Drawing the
+outcome with noise independently per resample was tried: it adds variance the bootstrap of the
+finished runs lacks, and every candidate then looks harmful.) Its value is the drop of the interval score (root mean square over formats of the
+log-width of the 95% interval, so the widest dominate; widths as 3.92 standard deviations of log
+EPM over the resamples) per GPU-hour.
 
 To stay fast, every affordable candidate is first ranked by the linearised (Fisher) estimate of
 the same drop -- a rank-one update of the parameter covariance, vectorised over candidates -- and
@@ -23,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from statistics import NormalDist
+
 import numpy as np
 from tqdm import tqdm
 
@@ -33,7 +37,7 @@ from .parallel import single_threaded_blas
 from .problem import FitProblem, RunTable
 
 LEVEL = 0.95
-MIN_NOISE = 1e-3      # simulated outcomes get at least this log-loss noise
+MIN_NOISE = 1e-3      # the linearised prescreen assumes at least this log-loss noise
 # The simulated refits start next to their optimum and only need EPMs to ~1e-4: looser tolerances
 # than the fit's cut their cost ~3x.
 SIM_OPTIONS = FitOptions(refine_top=16, maxiter=300, ftol=1e-10, gtol=1e-8)
@@ -70,10 +74,14 @@ class Plan:
 
 
 def log_widths(epm_samples: np.ndarray, formats, level: float = LEVEL) -> dict:
-    """{format: log(hi / lo)} of the percentile intervals; ``epm_samples`` is [B, K] log EPMs."""
-    tail = 100.0 * (1.0 - level) / 2.0
-    lo, hi = np.percentile(epm_samples, [tail, 100.0 - tail], axis=0)
-    return {f: float(h - l) for f, l, h in zip(formats, lo, hi) if f != DENSE}
+    """{format: width of the ``level`` interval of log EPM}; ``epm_samples`` is [B, K] log EPMs.
+
+    Estimated as 2 z sd over the resamples rather than by percentiles: with the few resamples
+    the planner simulates (tens), percentile ends jump from one draw to the next and would
+    drown the differences between candidates."""
+    z = NormalDist().inv_cdf(0.5 + level / 2.0)
+    sd = np.std(epm_samples, axis=0, ddof=1)
+    return {f: float(2.0 * z * s) for f, s in zip(formats, sd) if f != DENSE}
 
 
 def interval_score(widths: dict) -> float:
@@ -89,8 +97,9 @@ def _table(rows) -> RunTable:
 class _State:
     """Runs (finished + picked), bootstrap weights, per-resample log losses and optima."""
 
-    def __init__(self, law, has_data_term, runs: RunTable, weights, ys, thetas):
+    def __init__(self, law, has_data_term, runs: RunTable, weights, ys, thetas, center):
         self.law, self.has_data_term = law, has_data_term
+        self.center = center          # the full fit's optimum
         self.runs, self.weights, self.ys, self.thetas = runs, weights, ys, thetas
         self.problem = FitProblem(law, runs, has_data_term)
         self.n_base = self.problem.layout.n_base
@@ -107,8 +116,10 @@ class _State:
                       + [(cand.N, cand.D, 1.0, cand.spec)])
         problem = FitProblem(self.law, runs, self.has_data_term)
         fmt = np.array([self.law.formats.index(cand.spec)])
-        y_new = np.array([problem.predict_log(t, np.log([cand.N]), np.log([cand.D]), fmt)[0]
-                          for t in self.thetas]) + noise
+        # the outcome sits at the full fit's prediction (``noise`` added per resample): a
+        # resample whose optimum is off gets pulled back by it, which is how a run narrows the
+        # spread (drawn around each resample's own law it would confirm every resample)
+        y_new = problem.predict_log(self.center, np.log([cand.N]), np.log([cand.D]), fmt)[0] + noise
         thetas = np.empty_like(self.thetas)
         for b in range(len(self.thetas)):
             problem.y = np.append(self.ys[b], y_new[b])
@@ -122,7 +133,7 @@ class _State:
                       + [(cand.N, cand.D, float(np.exp(np.median(y_new))), cand.spec)])
         weights = np.hstack([self.weights, np.ones((len(self.weights), 1))])
         ys = np.hstack([self.ys, y_new[:, None]])
-        return _State(self.law, self.has_data_term, runs, weights, ys, thetas)
+        return _State(self.law, self.has_data_term, runs, weights, ys, thetas, self.center)
 
 
 def fisher_gain(state: _State, theta, cands: list[Candidate], noise: float) -> np.ndarray:
@@ -199,12 +210,12 @@ def suggest_runs(runs: RunTable, candidates: list[Candidate], budget: float, *,
                                key=lambda r: r[0] if np.isfinite(r[0]) else np.inf)[1]
                            for w in weights])
     state = _State(law, result.has_data_term, problem.runs, weights,
-                   np.tile(problem.y, (resamples, 1)), thetas)
+                   np.tile(problem.y, (resamples, 1)), thetas, result.theta)
     plan.widths = state.widths()
     plan.score = interval_score(plan.widths)
     plan.predicted_widths = dict(plan.widths)
-    noise_sd = max(result.rmse_log, MIN_NOISE)
-    noise = noise_sd * rng.standard_normal(resamples)    # common random numbers
+    noise_sd = max(result.rmse_log, MIN_NOISE)           # for the linearised prescreen
+    expected = np.zeros(resamples)                       # outcome = the fit's prediction
     left = [c for c in left if c.spec in law.formats]
 
     # 3. greedy picks within the budget
@@ -222,7 +233,7 @@ def suggest_runs(runs: RunTable, candidates: list[Candidate], budget: float, *,
                 best = None
                 for i in order[:top_k]:
                     cand = affordable[i]
-                    widths, new_thetas, y_new = state.simulate(cand, noise, SIM_OPTIONS)
+                    widths, new_thetas, y_new = state.simulate(cand, expected, SIM_OPTIONS)
                     value = (score - interval_score(widths)) / cand.cost
                     if best is None or value > best[0]:
                         best = (value, cand, widths, new_thetas, y_new)
