@@ -18,7 +18,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=BenchConfig.target,
                    help="largest log-width of a 95%% EPM interval to reach (default %(default)s)")
     p.add_argument("--round-budget", type=float, default=BenchConfig.round_budget,
-                   help="share of the full grid's GPU-hours per suggest round (default %(default)s)")
+                   help="GPU-hours per suggest round, in units of the seed runs' cost (default %(default)s)")
     p.add_argument("--resamples", type=int, default=BenchConfig.resamples)
     p.add_argument("--candidates", type=int, default=BenchConfig.candidates)
     p.add_argument("--seed", type=int, default=0)
@@ -31,13 +31,14 @@ def main(argv=None) -> int:
     if args.tiny:
         cfg = BenchConfig(epm=(("dense", 1.0), ("w4", 0.92), ("w2", 0.7)),
                           sizes=(2e7, 6e7, 2e8, 6e8), ratios=(10.0, 40.0), target=args.target,
-                          round_budget=0.1, resamples=6, candidates=2, measure_resamples=20,
+                          round_budget=1.0, resamples=6, candidates=2, measure_resamples=20,
                           seed=args.seed)
     sim = Simulator(cfg)
     full = sim.cost(sim.grid)
     print(f"grid: {len(sim.grid)} runs ({len(cfg.epm)} formats x {len(cfg.sizes)} sizes x "
           f"{len(cfg.ratios)} ratios), {full:.4g} GPU-h in all; target: every EPM interval "
-          f"log-width <= {cfg.target:g}; suggest rounds of {cfg.round_budget:.0%} of the grid")
+          f"log-width <= {cfg.target:g}; suggest rounds of {cfg.round_budget:g}x the seed runs' "
+          f"{sim.cost(sim.seed_keys()):.3g} GPU-h")
     results = []
     for run in (run_grid, run_suggest):
         t0 = time.time()

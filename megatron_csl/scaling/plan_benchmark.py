@@ -3,7 +3,8 @@ two orders until every EPM's 95% interval is narrower than a target (tools/bench
 
 - grid: the full grid in the usual order, one model size at a time from the smallest (every
   format and ratio at that size), the intervals measured after each size;
-- suggest: rounds of ``suggest_runs`` with a fixed GPU-hour budget each, the suggested runs
+- suggest: rounds of ``suggest_runs`` with a fixed GPU-hour budget each (a multiple of the seed
+  runs' cost: small rounds, so the planner sees each round's outcome), the suggested runs
   "trained" (drawn from the law with its noise), the intervals measured after each round.
 
 Both start from the same seed runs (dense at every ratio on the two smallest sizes, every format
@@ -35,7 +36,7 @@ class BenchConfig:
     ratios: tuple = (10.0, 20.0, 40.0)
     noise: float = 0.005
     target: float = 0.13           # largest log-width of a 95% EPM interval to reach
-    round_budget: float = 0.05     # share of the full grid's GPU-hours per suggest round
+    round_budget: float = 0.5      # GPU-hours per suggest round, in units of the seed runs' cost
     resamples: int = 30            # planner's simulation resamples
     candidates: int = 6
     measure_resamples: int = 100   # bootstrap resamples of the width measurement
@@ -113,7 +114,7 @@ def run_suggest(sim: Simulator, progress: bool = False, max_rounds: int = 30) ->
     trace = Trace("launch/sweep.py suggest, rounds of the budget")
     keys = list(sim.seed_keys())
     trace.steps.append((sim.cost(keys), len(keys), sim.max_width(keys)))
-    budget = sim.cfg.round_budget * sim.cost(sim.grid)
+    budget = sim.cfg.round_budget * sim.cost(sim.seed_keys())
     for i in range(max_rounds):
         if trace.steps[-1][2] <= sim.cfg.target:
             break
