@@ -65,3 +65,19 @@ def test_setup_installs_the_reference_data(tmp_path):
     built = tmp_path / "megatron_csl" / "data" / "reference"
     for name in (WIKI_CORPUS.name, CHINCHILLA_EPOCH_CSV.name, "README.md"):
         assert (built / name).read_bytes() == (REFERENCE_DIR / name).read_bytes()
+
+
+def test_documented_epoch_csv_example_runs_from_the_repository(monkeypatch, capsys):
+    """docs/fitting.md's `tools/fit_laws.py --epoch-csv ... --law chinchilla` line, as written (run
+    from the repository root), reproduces Epoch AI's fit; --bootstrap 0 only to keep it quick."""
+    from megatron_csl.scaling.fit_cli import main
+
+    line = next(l for l in (REPO / "docs" / "fitting.md").read_text().splitlines()
+                if "tools/fit_laws.py --epoch-csv" in l)
+    argv = line.split("tools/fit_laws.py", 1)[1].split()
+    csv_path = argv[argv.index("--epoch-csv") + 1]
+    assert not csv_path.startswith(("..", "/"))
+    monkeypatch.chdir(REPO)
+    assert main(argv + ["--bootstrap", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "A=477.8" in out and "alpha=0.3473" in out and "E=1.817" in out
