@@ -4,7 +4,8 @@
     launch/sweep.py plan   launch/sweeps/weight_only.yaml
     launch/sweep.py submit launch/sweeps/weight_only.yaml --executor slurm [--dry-run]
     launch/sweep.py submit launch/sweeps/demo.yaml --executor local [--parallel 2]
-    launch/sweep.py status launch/sweeps/weight_only.yaml
+    launch/sweep.py status launch/sweeps/weight_only.yaml [--fit]
+    launch/sweep.py suggest launch/sweeps/weight_only.yaml --budget-gpu-hours 500
 """
 import sys
 from pathlib import Path
