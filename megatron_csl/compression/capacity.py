@@ -4,8 +4,10 @@ GMSE(R) is the mean squared error format R reaches on standard Gaussian data at 
 (Panferov et al. 2025). Exact (closed form over decision intervals, see gaussian.py) for:
 element-wise integer grids and float formats with the rms scale rule per row or tensor (Hadamard
 rotations leave iid Gaussian data iid Gaussian, so `had` does not change it), and unstructured
-magnitude sparsity per row or tensor. Everything else (groups, absmax/absmean, N:M, mx/nv,
-sparsity + quantization) is measured by Monte Carlo: the format's own compress function on a
+magnitude sparsity per row or tensor (weights) or per token (activation sparsity), and noise
+injection (`noise:w4` has the GMSE of w4 by construction). Everything else (groups,
+absmax/absmean, N:M, mx/nv, sparsity + quantization, vector quantization, outliers) is measured
+by Monte Carlo: the format's own compress function on a
 fixed-seed Gaussian matrix of 2^22 entries (relative standard error ~0.1%), cached per spec.
 
 rho(GMSE) = Lc * tanh(F * log_{1/4}(GMSE))^C; composition is multiplicative, so a spec with
@@ -49,6 +51,8 @@ class CapacityParams:
 
 def _exact_quantizer_gmse(q) -> float | None:
     """Closed-form GMSE of an element-wise quantizer at its best scale, or None if not exact."""
+    if q.kind not in ("int", "float") or q.outliers:
+        return None
     if q.kind == "float":
         if q.scaling in ("row", "tensor"):
             return floats.optimal_format_scale(q.fmt)[1]
@@ -66,7 +70,8 @@ def _exact_quantizer_gmse(q) -> float | None:
 def _monte_carlo_shape(spec: CompressionSpec) -> tuple[int, int]:
     """A [rows, cols] Gaussian matrix of ~2^22 entries whose cols every block size divides."""
     cols = 4096
-    for part in (spec.sparsity_format, spec.weight, spec.activation):
+    for part in (spec.sparsity_format, spec.weight, spec.activation,
+                 spec.activation_sparsity_format):
         if part is not None:
             for _, size in part.block_sizes():
                 cols = math.lcm(cols, size)
@@ -87,6 +92,8 @@ def _weight_gmse(spec: CompressionSpec) -> float | None:
     if not spec.compresses_weights:
         return None
     sp, w = spec.sparsity_format, spec.weight
+    if w is not None and w.kind == "noise":
+        return w.gmse()
     if w is None and sp.pattern in ("row", "tensor"):
         return magnitude_pruning_mse(sp.fraction)
     if sp is None:
@@ -97,11 +104,13 @@ def _weight_gmse(spec: CompressionSpec) -> float | None:
 
 
 def _activation_gmse(spec: CompressionSpec) -> float | None:
-    a = spec.activation
-    if a is None:
+    a, sp = spec.activation, spec.activation_sparsity_format
+    if a is None and sp is None:
         return None
-    exact = _exact_quantizer_gmse(a)
-    return exact if exact is not None else _monte_carlo_gmse(CompressionSpec(None, None, a),
+    if a is None:
+        return magnitude_pruning_mse(sp.fraction)  # top-k per token = magnitude pruning per row
+    exact = _exact_quantizer_gmse(a) if sp is None else None
+    return exact if exact is not None else _monte_carlo_gmse(CompressionSpec(None, None, a, sp),
                                                              "activation")
 
 

@@ -29,28 +29,31 @@ def attach_gradient(x: torch.Tensor, value: torch.Tensor, grad_mask: torch.Tenso
 
 
 def fake_quantize(quantizer, x: torch.Tensor, row_group, tensor_group,
-                  keep: torch.Tensor | None = None, sparse_grad: torch.Tensor | None = None):
-    """Quantize float32 matrix x [rows, cols] (optionally after pruning to `keep`).
+                  keep: torch.Tensor | None = None, sparse_grad: torch.Tensor | None = None,
+                  prune=None):
+    """Quantize float32 matrix x [rows, cols] (optionally after pruning).
 
     keep: surviving entries (statistics over survivors, pruned entries exactly 0).
     sparse_grad: the sparsity's own gradient mask (RBBM), None for straight-through.
+    prune: instead of keep/sparse_grad, a function of the (rotated, with a Hadamard quantizer)
+        input returning (keep, sparse_grad): with `had` the order is rotate, prune, quantize the
+        survivors, rotate back (QuEST), and keep and both masks live in the rotated basis.
     """
     with torch.no_grad():
         xd = x.detach()
         had = quantizer.had if quantizer is not None else 0
+        basis = block_hadamard(xd, had) if had else xd
+        if prune is not None:
+            keep, sparse_grad = prune(basis)
         if quantizer is None:
-            value, qgrad = xd * keep, None
-        elif had:
-            value, qgrad = quantizer.quantize(block_hadamard(xd, had), row_group, tensor_group)
-            value = block_hadamard(value, had)
+            value, qgrad = basis * keep, None
         else:
-            value, qgrad = quantizer.quantize(xd, row_group, tensor_group, keep)
+            value, qgrad = quantizer.quantize(basis, row_group, tensor_group, keep)
             if keep is not None:
                 value = value * keep
-        if had:  # the parser forbids had with sparsity, so there is no keep/sparse_grad here
-            grad = None if qgrad is None else qgrad.float()
-        else:
-            grad = _combined_grad(qgrad, keep, sparse_grad)
+        if had:
+            value = block_hadamard(value, had)
+        grad = _combined_grad(qgrad, keep, sparse_grad)
     return attach_gradient(x, value, grad, had)
 
 

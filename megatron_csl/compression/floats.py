@@ -58,6 +58,12 @@ class FloatFormat:
         """Exponent of the largest finite value (the OCP MX spec's emax_elem)."""
         return int(np.floor(np.log2(self.max_value)))
 
+    def trust_bound(self) -> float:
+        """The largest |x / scale| that rounds to the largest value without clipping by more than
+        half the top gap: max + (max - second largest) / 2."""
+        pos = self.positive_values()
+        return float(pos[-1] + (pos[-1] - pos[-2]) / 2.0)
+
     def levels(self) -> np.ndarray:
         pos = self.positive_values()
         return np.concatenate([-pos[:0:-1], pos])

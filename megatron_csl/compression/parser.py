@@ -5,7 +5,10 @@ Grammar (docs/formats.md has the full description):
     component := head [":" option ("," option)*]
     head      := "w<b>" | "w<b>a<c>" | "a<c>"          integer weights / activations, b, c in 1..8 or 1.58
                | "fp<x>" | "fp<x>a<y>" | "afp<y>"     float weights / activations, x, y in 4, 6, 8
+               | "vq<d>"                               vector-quantized weights (first option: bits)
                | "s<p>"                                sparsity, 0 < p < 100 percent pruned
+               | "as<p>"                               activation sparsity, p percent per token
+    component := "noise:" weight-spec                  Gaussian noise with that format's GMSE
 """
 from __future__ import annotations
 
@@ -17,14 +20,23 @@ from functools import lru_cache
 from . import floats
 from .errors import SpecError
 from .quantizers import TERNARY, FloatQuant, IntQuant
+from .vector import VectorQuant
+from . import vector
+from .activation_sparsity import ActivationSparsity
+from .noise import NoiseInjection
 from .sparsity import Sparsity
 from .spec import CompressionSpec
 
 VALID_HEADS = ("dense, bf16, w<b>, w<b>a<c>, a<c> (b, c in 1..8 or 1.58), fp<x>, fp<x>a<y>, "
-               "afp<y> (x, y in 4, 6, 8), s<p> (0 < p < 100)")
-INT_OPTIONS = "sym, zero, rms, absmax, absmean, row, tensor, g<size>, had, had<size>, ste, trust"
-FLOAT_OPTIONS = "e4m3, e5m2 (fp8), e2m3, e3m2 (fp6), e2m1 (fp4), row, tensor, mx, nv, had, had<size>"
+               "afp<y> (x, y in 4, 6, 8), vq<d>:<bits> (" + vector.valid_formats() + "), "
+               "noise:<weight format>, s<p> (0 < p < 100), as<p> (0 < p < 100)")
+INT_OPTIONS = ("sym, zero, rms, absmax, absmean, row, tensor, g<size>, had, had<size>, out<p>, "
+               "ste, trust")
+FLOAT_OPTIONS = ("e4m3, e5m2 (fp8), e2m3, e3m2 (fp6), e2m1 (fp4), row, tensor, mx, nv, had, "
+                 "had<size>, ste, trust")
+VECTOR_OPTIONS = "<bits> first, then had, had<size>, ste, trust"
 SPARSE_OPTIONS = "row, tensor, nm<N>/<M>, rbbm<p>"
+OUTLIER_MAX_PERCENT = 50
 
 _HEADS = [
     ("int", re.compile(r"w(?P<w>[0-9.]+)(?:a(?P<a>[0-9.]+))?")),
@@ -32,6 +44,8 @@ _HEADS = [
     ("float", re.compile(r"fp(?P<w>[0-9]+)(?:a(?P<a>[0-9]+))?")),
     ("float", re.compile(r"afp(?P<a>[0-9]+)")),
     ("sparse", re.compile(r"s(?P<p>[0-9.]+)")),
+    ("vector", re.compile(r"vq(?P<d>[0-9]+)")),
+    ("activation sparsity", re.compile(r"as(?P<p>[0-9.]+)")),
 ]
 
 
@@ -83,14 +97,21 @@ def _parse_text(text: str) -> CompressionSpec:
             found[role] = (part, obj)
     sparsity = found.get("sparsity", (None, None))[1]
     weight = found.get("weight", (None, None))[1]
-    if sparsity is not None and weight is not None and weight.had:
-        raise ctx.error("'had' cannot be combined with sparsity: rotating the pruned weight would "
-                        "fill in its zeros; drop 'had' or the sparsity")
-    return CompressionSpec(sparsity, weight, found.get("activation", (None, None))[1])
+    if sparsity is not None and weight is not None and weight.kind in ("vector", "noise"):
+        raise ctx.error(f"'{found['weight'][0]}' cannot be combined with weight sparsity "
+                        f"('{found['sparsity'][0]}'); sparsity combines with w<b> and fp<x> "
+                        f"formats")
+    if sparsity is not None and weight is not None and weight.outliers:
+        raise ctx.error(f"outliers ('{found['weight'][0]}') cannot be combined with weight "
+                        f"sparsity ('{found['sparsity'][0]}'); drop one of them")
+    return CompressionSpec(sparsity, weight, found.get("activation", (None, None))[1],
+                           found.get("activation sparsity", (None, None))[1])
 
 
 def _parse_component(part: str, ctx: _Ctx):
     head, colon, opts = part.partition(":")
+    if head == "noise":
+        return [("weight", _parse_noise(opts if colon else "", ctx))]
     options = [o.strip() for o in opts.split(",")] if colon else []
     if any(not o for o in options):
         raise ctx.error("empty option (stray ',' or ':')")
@@ -101,6 +122,14 @@ def _parse_component(part: str, ctx: _Ctx):
                 return _parse_int(m.groupdict(), head, options, ctx)
             if kind == "float":
                 return _parse_float(m.groupdict(), head, options, ctx)
+            if kind == "vector":
+                return [("weight", _parse_vector(m["d"], head, options, ctx))]
+            if kind == "activation sparsity":
+                if options:
+                    raise ctx.error(f"'{head}' (activation sparsity) takes no options, got "
+                                    f"'{','.join(options)}'; write e.g. as50+a4 to quantize too")
+                percent = _percent(m["p"], head, ctx, "each token's inputs")
+                return [(kind, ActivationSparsity(float(percent)))]
             return [("sparsity", _parse_sparse(m["p"], head, options, ctx))]
     raise ctx.error(f"unknown format '{head}'; valid: {VALID_HEADS}")
 
@@ -144,6 +173,8 @@ def _parse_int(groups: dict, head: str, options: list[str], ctx: _Ctx):
             _set_once(chosen, "had", o, ctx)
         elif o in ("ste", "trust"):
             _set_once(chosen, "estimator", o, ctx)
+        elif re.fullmatch(r"out[0-9.]+", o):
+            _set_once(chosen, "outliers", o, ctx)
         else:
             raise ctx.error(f"unknown option '{o}' for '{head}'; valid: {INT_OPTIONS}")
     grid = chosen.get("grid", "sym")
@@ -165,13 +196,14 @@ def _parse_int(groups: dict, head: str, options: list[str], ctx: _Ctx):
         if 1 in bits:
             raise ctx.error("the 'zero' grid needs at least 2 bits ({-1, 0} * step wastes a "
                             "level); use the 1-bit 'sym' grid {-s, s} or 1.58 (ternary)")
+    outliers = _outlier_percent(chosen.get("outliers"), w_bits, a_bits, "had" in chosen, head, ctx)
     common = dict(scale=chosen.get("scale", "rms"),
                   had=_had_block(chosen["had"], ctx) if "had" in chosen else 0,
                   estimator=chosen.get("estimator", "ste"))
     out = []
     if w_bits is not None:
         out.append(("weight", IntQuant(w_bits, grid if w_bits != TERNARY else "sym",
-                                       granularity=granularity, **common)))
+                                       granularity=granularity, outliers=outliers, **common)))
     if a_bits is not None:
         out.append(("activation", IntQuant(a_bits, grid if a_bits != TERNARY else "sym",
                                            granularity="row", **common)))
@@ -203,6 +235,8 @@ def _parse_float(groups: dict, head: str, options: list[str], ctx: _Ctx):
             _set_once(chosen, "scaling", o, ctx)
         elif re.fullmatch(r"had[0-9]*", o):
             _set_once(chosen, "had", o, ctx)
+        elif o in ("ste", "trust"):
+            _set_once(chosen, "estimator", o, ctx)
         else:
             raise ctx.error(f"unknown option '{o}' for '{head}'; valid: {FLOAT_OPTIONS}")
     scaling = chosen.get("scaling", "row")
@@ -210,25 +244,31 @@ def _parse_float(groups: dict, head: str, options: list[str], ctx: _Ctx):
         raise ctx.error("option 'tensor' does not apply to activations (scaled per token); "
                         f"valid for '{head}': row, mx, nv, had, had<size> and the format name")
     had = _had_block(chosen["had"], ctx) if "had" in chosen else 0
+    estimator = chosen.get("estimator", "ste")
     out = []
     if w_bits is not None:
         fmt = formats.get(w_bits, floats.FORMATS_BY_BITS[w_bits][0])
-        out.append(("weight", FloatQuant(fmt, scaling, had)))
+        out.append(("weight", FloatQuant(fmt, scaling, had, estimator)))
     if a_bits is not None:
         fmt = formats.get(a_bits, floats.FORMATS_BY_BITS[a_bits][0])
         out.append(("activation", FloatQuant(fmt, scaling if scaling in ("mx", "nv") else "row",
-                                             had)))
+                                             had, estimator)))
     return out
 
 
-def _parse_sparse(percent_text: str, head: str, options: list[str], ctx: _Ctx) -> Sparsity:
+def _percent(percent_text: str, head: str, ctx: _Ctx, what: str = "weights") -> Fraction:
     try:
         percent = Fraction(percent_text)
     except ValueError:
         percent = None
     if percent is None or not 0 < percent < 100:
-        raise ctx.error(f"sparsity must be a percentage of weights pruned, 0 < p < 100, "
+        raise ctx.error(f"sparsity must be a percentage of {what} pruned, 0 < p < 100, "
                         f"got '{percent_text}'")
+    return percent
+
+
+def _parse_sparse(percent_text: str, head: str, options: list[str], ctx: _Ctx) -> Sparsity:
+    percent = _percent(percent_text, head, ctx)
     chosen, pattern, rbbm = {}, "row", 0.0
     for o in options:
         nm = re.fullmatch(r"nm([0-9]+)/([0-9]+)", o)
@@ -271,3 +311,67 @@ def _parse_sparse(percent_text: str, head: str, options: list[str], ctx: _Ctx) -
 
 def _pct(f: Fraction) -> str:
     return f"{round(float(f), 2):g}"
+
+
+
+def _outlier_percent(option, w_bits, a_bits, had: bool, head: str, ctx: _Ctx) -> float:
+    """The percent of `out<p>` (0.0 without it), for weight-only integer formats."""
+    if option is None:
+        return 0.0
+    if w_bits is None or a_bits is not None:
+        raise ctx.error(f"'{option}' keeps weight outliers and applies to weight-only formats; "
+                        f"write e.g. w4:{option}+a4 instead of '{head}:{option}'")
+    if had:
+        raise ctx.error(f"'{option}' cannot be combined with 'had': outliers are the largest "
+                        f"weights of the original basis; drop one of them")
+    try:
+        percent = Fraction(option[3:])
+    except ValueError:
+        percent = None
+    if percent is None or not 0 < percent < OUTLIER_MAX_PERCENT:
+        raise ctx.error(f"'{option}': the outlier percent p needs 0 < p < {OUTLIER_MAX_PERCENT} "
+                        f"(e.g. out1 keeps the largest 1% of each row)")
+    return float(percent)
+
+
+def _parse_vector(dim_text: str, head: str, options: list[str], ctx: _Ctx) -> VectorQuant:
+    dim = int(dim_text)
+    if dim not in vector.DIMENSIONS:
+        raise ctx.error(f"vector quantization works on 2- or 4-dimensional vectors, got '{head}'; "
+                        f"valid: {vector.valid_formats()}")
+    if not options or not options[0].isdigit():
+        raise ctx.error(f"'{head}' needs its bits per weight as the first option (e.g. "
+                        f"{head}:2); valid: {vector.valid_formats()}")
+    bits = int(options[0])
+    if bits not in vector.supported_bits(dim):
+        raise ctx.error(f"'{head}:{options[0]}' would need a grid of 2^{dim * bits} points; "
+                        f"supported grids have at most {vector.MAX_GRID_POINTS}: "
+                        f"{vector.valid_formats()}")
+    chosen = {}
+    for o in options[1:]:
+        if re.fullmatch(r"had[0-9]*", o):
+            _set_once(chosen, "had", o, ctx)
+        elif o in ("ste", "trust"):
+            _set_once(chosen, "estimator", o, ctx)
+        else:
+            raise ctx.error(f"unknown option '{o}' for '{head}'; valid: {VECTOR_OPTIONS}")
+    had = _had_block(chosen["had"], ctx) if "had" in chosen else 128
+    if had < dim:
+        raise ctx.error(f"'{chosen['had']}': the Hadamard block must hold whole {dim}-vectors")
+    return VectorQuant(dim, bits, had, chosen.get("estimator", "trust"))
+
+
+def _parse_noise(target_text: str, ctx: _Ctx) -> NoiseInjection:
+    if not target_text:
+        raise ctx.error("'noise' needs the weight format whose Gaussian MSE it injects, e.g. "
+                        "noise:w4 or noise:fp4")
+    try:
+        target = parse_spec(target_text)
+    except SpecError as err:
+        raise ctx.error(f"the format after 'noise:' is invalid: {err}") from None
+    if (target.weight is None or target.sparsity_format is not None
+            or target.activation is not None or target.activation_sparsity_format is not None
+            or isinstance(target.weight, NoiseInjection)):
+        raise ctx.error(f"'noise:' takes one weight quantizer (w<b>, fp<x> or vq<d>:<bits> with "
+                        f"options), got '{target_text}'")
+    return NoiseInjection(target)

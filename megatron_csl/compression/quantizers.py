@@ -31,6 +31,7 @@ from .stats import Grouped
 
 TERNARY = 1.58  # the `bits` value that stands for the ternary grid (w1.58)
 TRUST_TOLERANCE = 1e-6  # relative slack so float rounding never masks an in-range value
+OUTLIER_BITS = 16.0 + 16.0  # a bf16 value and a 16-bit column index per full-precision outlier
 ONE_BIT_TRUST_CLIP = {True: 1.30, False: 1.25}  # QuEST 1-bit clip mask, with / without Hadamard
 SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 
@@ -56,6 +57,7 @@ class IntQuant:
     granularity: Granularity = "row"  # weights only; activations are always per token
     had: int = 0                   # Hadamard block size, 0 = none
     estimator: str = "ste"         # "ste" | "trust"
+    outliers: float = 0.0          # percent of each row kept in full precision (weights only)
 
     kind = "int"
 
@@ -68,10 +70,15 @@ class IntQuant:
         return math.log2(3.0) if self.ternary else float(self.bits)
 
     def storage_bits(self) -> float:
-        """Bits per value including a bf16 scale per group (row/tensor scales are negligible)."""
+        """Bits per value including a bf16 scale per group (row/tensor scales are negligible).
+
+        With outliers (p percent per row kept in bf16): the other (1 - p) entries store a code,
+        each outlier a bf16 value and a 16-bit column index (rows up to 65536 inputs).
+        """
         granularity = self.granularity
         overhead = 16.0 / granularity if isinstance(granularity, int) else 0.0
-        return self.element_bits + overhead
+        share = self.outliers / 100.0
+        return (self.element_bits + overhead) * (1.0 - share) + share * OUTLIER_BITS
 
     def block_sizes(self) -> list[tuple[str, int]]:
         """(option, size) pairs whose size must divide the (local) input dimension."""
@@ -193,9 +200,16 @@ class IntQuant:
             out.append(granularity if isinstance(granularity, str) else f"g{granularity}")
         if self.had:
             out.append(_had_option(self.had))
+        if self.outliers:
+            out.append(f"out{_number(self.outliers)}")
         if self.estimator != "ste":
             out.append(self.estimator)
         return out
+
+
+def _number(x: float) -> str:
+    """Shortest text that parses back to x: 1 -> "1", 0.5 -> "0.5"."""
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def _had_option(block: int) -> str:
@@ -207,8 +221,10 @@ class FloatQuant:
     fmt: str                   # key of floats.FORMATS
     scaling: str = "row"       # "row" | "tensor" | "mx" | "nv"
     had: int = 0
+    estimator: str = "ste"     # "ste" | "trust" (zero gradient where the value was clipped)
 
     kind = "float"
+    outliers = 0.0  # outlier-preserving is an integer-format option
     MX_BLOCK = 32
     NV_BLOCK = 16
 
@@ -233,12 +249,29 @@ class FloatQuant:
 
     @torch.no_grad()
     def quantize(self, x: torch.Tensor, row_group, tensor_group, mask: torch.Tensor | None = None):
-        """(values, None) for float32 x [rows, cols]; floats use the straight-through estimator."""
-        fmt = floats.FORMATS[self.fmt]
+        """(values, grad_mask or None) for float32 x [rows, cols].
+
+        Straight-through by default; with the trust estimator the gradient is zero where the
+        format clipped: |x / scale| beyond the largest value plus half the top gap (the float
+        analogue of the integer grids' |Q(x) - x| <= step / 2). All-zero groups pass gradient.
+        """
+        codes_max = floats.FORMATS[self.fmt].trust_bound()
+        masks = []
 
         def rounded(xs, scale):
-            value, _ = _safe_apply(scale, lambda s: floats.round_to_format(xs / s, self.fmt) * s)
+            value, positive = _safe_apply(scale,
+                                          lambda s: floats.round_to_format(xs / s, self.fmt) * s)
+            if self.estimator == "trust":
+                safe = torch.where(positive, scale, torch.ones_like(scale))
+                masks.append((xs.abs() <= codes_max * (1.0 + TRUST_TOLERANCE) * safe) | ~positive)
             return value
+
+        value = self._quantize_values(x, row_group, tensor_group, mask, rounded)
+        grad_mask = masks[0].reshape(x.shape) if masks else None
+        return value, grad_mask
+
+    def _quantize_values(self, x, row_group, tensor_group, mask, rounded):
+        fmt = floats.FORMATS[self.fmt]
 
         if self.scaling in ("row", "tensor"):
             scaling = self.scaling
@@ -247,7 +280,7 @@ class FloatQuant:
             mask_v = None if mask is None else grouped.view(mask)
             kappa = floats.optimal_format_scale(self.fmt)[0]
             scale = (grouped.moments(x_v, mask_v, "rms") * kappa).float()
-            return grouped.unview(rounded(x_v, scale)), None
+            return grouped.unview(rounded(x_v, scale))
         if self.scaling == "mx":
             # OCP MX: shared power-of-two scale 2^(floor(log2 amax) - emax_elem) per block of 32.
             grouped = Grouped(x, self.MX_BLOCK)
@@ -256,7 +289,7 @@ class FloatQuant:
             _, exponent = torch.frexp(amax)  # amax = m * 2^e with m in [0.5, 1)
             scale = torch.ldexp(torch.ones_like(amax), exponent - 1 - fmt.emax)
             scale = torch.where(amax > 0, scale, torch.zeros_like(scale))
-            return grouped.unview(rounded(x_v, scale)), None
+            return grouped.unview(rounded(x_v, scale))
         # nv (NVFP4-style): per block of 16 an E4M3 scale amax_block / max_elem, expressed relative
         # to an FP32 per-row (per-token) scale amax_row / (448 * max_elem) so it fits E4M3's range.
         grouped = Grouped(x, self.NV_BLOCK)
@@ -268,7 +301,7 @@ class FloatQuant:
         row_scale = row_amax / (e4m3_max * fmt.max_value)
         ratio, _ = _safe_apply(row_scale, lambda rs: block_amax / (fmt.max_value * rs))
         scale = floats.round_to_format(ratio, "e4m3") * row_scale
-        return grouped.unview(rounded(x_v, scale)), None
+        return grouped.unview(rounded(x_v, scale))
 
     def options(self, *, with_granularity: bool = True, with_format: bool = True) -> list[str]:
         out = []
@@ -279,4 +312,6 @@ class FloatQuant:
             out.append(scaling)
         if self.had:
             out.append(_had_option(self.had))
+        if self.estimator != "ste":
+            out.append(self.estimator)
         return out

@@ -1,8 +1,10 @@
 """CompressionSpec: a parsed format (sparsity, weight quantizer, activation quantizer).
 
 Applying a spec: weights are pruned first (top-k by magnitude), then the survivors quantized with
-statistics over the survivors (pruned entries stay exactly 0); activations (the inputs of the
-linear layer) are quantized per token. See docs/formats.md for the grammar and semantics.
+statistics over the survivors (pruned entries stay exactly 0); with a Hadamard weight quantizer
+the weight is rotated first (rotate, prune, quantize, rotate back). Activations (the inputs of the
+linear layer) are pruned per token (activation sparsity) and quantized per token. See
+docs/formats.md for the grammar and semantics.
 """
 from __future__ import annotations
 
@@ -15,12 +17,17 @@ import torch
 
 from . import floats
 from .errors import SpecError
+from .activation_sparsity import ActivationSparsity
 from .fake_quant import fake_quantize, integer_operand
+from .noise import NoiseInjection
+from .outliers import fake_quantize_with_outliers
 from .quantizers import FloatQuant, IntQuant, format_bits
 from .shard import LOCAL, ShardContext
 from .sparsity import Sparsity
+from .vector import VectorQuant
 
 Quantizer = Union[IntQuant, FloatQuant]
+WeightFormat = Union[IntQuant, FloatQuant, VectorQuant, NoiseInjection]
 # float32 represents every integer below 2^24, so sums of integer products below it are exact.
 FLOAT32_EXACT_INTEGERS = 2 ** 24
 
@@ -29,8 +36,9 @@ FLOAT32_EXACT_INTEGERS = 2 ** 24
 @dataclass(frozen=True)
 class CompressionSpec:
     sparsity_format: Optional[Sparsity] = None
-    weight: Optional[Quantizer] = None
+    weight: Optional[WeightFormat] = None
     activation: Optional[Quantizer] = None
+    activation_sparsity_format: Optional[ActivationSparsity] = None
 
     # ---- text form ---------------------------------------------------------------------------
     @functools.cached_property
@@ -39,13 +47,20 @@ class CompressionSpec:
         if self.sparsity_format is not None:
             sp = self.sparsity_format
             parts.append(_token(f"s{sp.percent_text}", sp.options()))
+        if self.activation_sparsity_format is not None:
+            parts.append(self.activation_sparsity_format.canonical)
         w, a = self.weight, self.activation
         combined = _combined_token(w, a) if w is not None and a is not None else None
         if combined:
             parts.append(combined)
         else:
             if w is not None:
-                head = f"w{format_bits(w.bits)}" if w.kind == "int" else f"fp{int(w.element_bits)}"
+                if w.kind == "int":
+                    head = f"w{format_bits(w.bits)}"
+                elif w.kind == "float":
+                    head = f"fp{int(w.element_bits)}"
+                else:
+                    head = w.head()
                 parts.append(_token(head, w.options()))
             if a is not None:
                 head = f"a{format_bits(a.bits)}" if a.kind == "int" else f"afp{int(a.element_bits)}"
@@ -66,7 +81,8 @@ class CompressionSpec:
     # ---- accounting --------------------------------------------------------------------------
     @property
     def is_dense(self) -> bool:
-        return self.sparsity_format is None and self.weight is None and self.activation is None
+        return (self.sparsity_format is None and self.weight is None and self.activation is None
+                and self.activation_sparsity_format is None)
 
     @property
     def w_bits(self) -> float:
@@ -83,6 +99,12 @@ class CompressionSpec:
         return self.sparsity_format.fraction if self.sparsity_format is not None else 0.0
 
     @property
+    def activation_sparsity(self) -> float:
+        """Fraction of each token's inputs zeroed, in [0, 1)."""
+        fmt = self.activation_sparsity_format
+        return fmt.fraction if fmt is not None else 0.0
+
+    @property
     def effective_w_bits(self) -> float:
         return self.w_bits * (1.0 - self.sparsity)
 
@@ -92,7 +114,7 @@ class CompressionSpec:
 
     @property
     def compresses_activations(self) -> bool:
-        return self.activation is not None
+        return self.activation is not None or self.activation_sparsity_format is not None
 
     # ---- shapes --------------------------------------------------------------------------------
     def validate_shape(self, out_features: int, in_features_local: int) -> None:
@@ -101,7 +123,8 @@ class CompressionSpec:
         for name, value in (("out_features", out_features), ("in_features_local", in_features_local)):
             if not isinstance(value, int) or value < 1:
                 raise SpecError(f"{self.canonical}: {name} must be a positive integer, got {value!r}")
-        parts = [p for p in (self.sparsity_format, self.weight, self.activation) if p is not None]
+        parts = [p for p in (self.sparsity_format, self.weight, self.activation,
+                             self.activation_sparsity_format) if p is not None]
         for part in parts:
             for option, size in part.block_sizes():
                 if in_features_local % size:
@@ -119,14 +142,23 @@ class CompressionSpec:
             raise SpecError(f"{self.canonical}: compress_weight expects a 2-D weight [out, in], "
                             f"got shape {tuple(w.shape)}")
         self.validate_shape(w.shape[0], w.shape[1])
-        if w.is_cuda:  # Triton kernels, same numerics; None where they do not cover the format
+        weight = self.weight
+        if w.is_cuda and _kernel_weight_candidate(weight):
+            # Triton kernels, same numerics; None where they do not cover the format
             fast = _fast_path().compress_weight(self, w, shard)
             if fast is not None:
                 return fast
         x = w.float()
-        keep, sparse_grad = self._prune(x, shard)
-        out = fake_quantize(self.weight, x, shard.weight_group(1), shard.weight_tensor_group(),
-                            keep, sparse_grad)
+        if isinstance(weight, NoiseInjection):
+            return weight.apply(x, shard).to(w.dtype)
+        if weight is not None and weight.outliers:
+            return fake_quantize_with_outliers(weight, x, shard).to(w.dtype)
+        prune = None
+        if self.sparsity_format is not None:
+            def prune(basis):
+                return self.sparsity_format.mask(basis, shard)
+        out = fake_quantize(weight, x, shard.weight_group(1), shard.weight_tensor_group(),
+                            prune=prune)
         return out.to(w.dtype)
 
     def _prune(self, x: torch.Tensor, shard: ShardContext):
@@ -137,22 +169,27 @@ class CompressionSpec:
 
     def quantize_activation(self, x: torch.Tensor, shard: ShardContext = LOCAL) -> torch.Tensor:
         """Quantized activation [..., in_local], per-token statistics over the last dimension."""
-        if self.activation is None:
+        if not self.compresses_activations:
             return x
         if x.dim() < 1 or x.shape[-1] == 0:
             raise SpecError(f"{self.canonical}: quantize_activation needs a last dimension, "
                             f"got shape {tuple(x.shape)}")
-        for option, size in self.activation.block_sizes():
+        for option, size in (self.activation.block_sizes() if self.activation else []):
             if x.shape[-1] % size:
                 raise SpecError(
                     f"{self.canonical}: option '{option}' needs the activation's last dimension "
                     f"to be a multiple of {size}, but it is {x.shape[-1]}")
-        if x.is_cuda:  # see compress_weight
+        if x.is_cuda and self.activation_sparsity_format is None:  # see compress_weight
             fast = _fast_path().quantize_activation(self, x, shard)
             if fast is not None:
                 return fast
         x2 = x.reshape(-1, x.shape[-1]).float()
-        out = fake_quantize(self.activation, x2, shard.activation_group(), None)
+        group = shard.activation_group()
+        prune = None
+        if self.activation_sparsity_format is not None:
+            def prune(basis):
+                return self.activation_sparsity_format.mask(basis, group)
+        out = fake_quantize(self.activation, x2, group, None, prune=prune)
         return out.reshape(x.shape).to(x.dtype)
 
     # ---- exact integer matmul -----------------------------------------------------------------
@@ -163,6 +200,8 @@ class CompressionSpec:
         Hadamard), and every partial sum below 2^24."""
         w, a = self.weight, self.activation
         if not (isinstance(w, IntQuant) and isinstance(a, IntQuant)) or w.had or a.had:
+            return False
+        if w.outliers or self.activation_sparsity_format is not None:
             return False
         if w.granularity not in ("row", "tensor"):
             return False
@@ -184,6 +223,11 @@ class CompressionSpec:
         return codes.reshape(x.shape).to(x.dtype), unit.reshape(*x.shape[:-1], 1).to(x.dtype)
 
 
+def _kernel_weight_candidate(weight) -> bool:
+    """Whether the kernels may cover this weight format (they decline the rest themselves)."""
+    return weight is None or isinstance(weight, (IntQuant, FloatQuant)) and not weight.outliers
+
+
 def _fast_path():
     """megatron_csl.kernels, imported on the first CUDA tensor (never on CPU-only runs)."""
     from megatron_csl import kernels
@@ -200,14 +244,14 @@ def _combined_token(w: Quantizer, a: Quantizer) -> str | None:
     if w.kind == "int" and a.kind == "int":
         # The combined token's grid option applies to every non-ternary part.
         grids = {q.grid for q in (w, a) if not q.ternary} or {"sym"}
-        if len(grids) > 1 or a.granularity != "row" or (a.scale, a.had, a.estimator) != (
-                w.scale, w.had, w.estimator):
+        if len(grids) > 1 or a.granularity != "row" or w.outliers or (
+                a.scale, a.had, a.estimator) != (w.scale, w.had, w.estimator):
             return None
         shared = dataclasses.replace(w, bits=2, grid=grids.pop())
         return _token(f"w{format_bits(w.bits)}a{format_bits(a.bits)}", shared.options())
     if w.kind == "float" and a.kind == "float":
         scaling = w.scaling if w.scaling in ("mx", "nv") else "row"
-        if a.scaling != scaling or a.had != w.had:
+        if a.scaling != scaling or a.had != w.had or a.estimator != w.estimator:
             return None
         if w.element_bits == a.element_bits and w.fmt != a.fmt:
             return None

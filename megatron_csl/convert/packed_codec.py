@@ -9,6 +9,8 @@ A compressed weight ``w_hat`` ([out, in]) is described by a `Decomposition`:
   `levels` times a `scale` per row / tensor / (row, input group):
   ``v = float32(scale[r, c // group] * levels[code])``; with a Hadamard block the matrix of ``v``
   is rotated back (``block_hadamard``); finally cast to the weight's dtype. Pruned entries are 0.
+  Vector-quantized weights (``vector_dim`` d > 1) have one code per d consecutive weights of a row,
+  an index into a codebook of d-vectors (`levels` holds it row-major, [K * d]).
 
 Scales are stored as float32 [R, G], or more compactly when that is exact: ``e8m0`` (a biased
 power-of-two exponent per block, as OCP MX) or ``factor_x_row`` (an index into a table of block
@@ -60,6 +62,7 @@ class Decomposition:
     scale_factor: Optional[torch.Tensor] = None
     scale_row: Optional[torch.Tensor] = None
     scale_factor_levels: Optional[torch.Tensor] = None
+    vector_dim: int = 1                       # weights per code (vector quantization: 2 or 4)
 
     def __post_init__(self):
         if (self.values is None) == (self.codes is None):
@@ -203,18 +206,25 @@ def encode(dec: Decomposition) -> tuple[dict, dict[str, torch.Tensor]]:
         arrays["values"] = dec.values.to(dec.dtype).reshape(-1).contiguous()
         entry["values"] = "raw"
     else:
-        if dec.codes.numel() != kept:
-            raise ConversionError(f"{dec.codes.numel()} codes for {kept} kept entries")
+        d = dec.vector_dim
+        if dec.codes.numel() * d != kept:
+            raise ConversionError(f"{dec.codes.numel()} codes of {d} weights for {kept} kept entries")
+        if d > 1 and (dec.mask is not None or dec.levels.numel() % d):
+            raise ConversionError(f"vector codes (dimension {d}) need an unpruned weight and a "
+                                  f"codebook of whole {d}-vectors")
         scale = dec.scale.to(torch.float32)
         if scale.dim() != 2 or scale.shape[0] not in (1, out_features) or in_features % scale.shape[1]:
             raise ConversionError(f"scale of shape {tuple(scale.shape)} does not fit a weight "
                                   f"[{out_features}, {in_features}]")
-        arrays["codes"], info = _pack_codes(dec.codes, dec.levels.numel())
+        arrays["codes"], info = _pack_codes(dec.codes, dec.levels.numel() // d)
         arrays["levels"] = dec.levels.to(torch.float32).contiguous()
+        if d > 1:
+            info["vector_dim"] = d
         scale_kind, scale_arrays = _encode_scale(dec, scale)
         arrays.update(scale_arrays)
         entry["values"] = "codes"
-        entry["quant"] = {**info, "num_levels": dec.levels.numel(), "scale_shape": list(scale.shape),
+        entry["quant"] = {**info, "num_levels": dec.levels.numel() // d,
+                          "scale_shape": list(scale.shape),
                           "scale_encoding": scale_kind}
     entry["hadamard"] = dec.hadamard
     entry["kept"] = kept
@@ -246,13 +256,15 @@ def decode(entry: dict, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
         kept_values = arrays["values"]
     else:
         info = entry["quant"]
-        codes = _unpack_codes(arrays["codes"], info, entry["kept"])
+        d = int(info.get("vector_dim", 1))
+        codes = _unpack_codes(arrays["codes"], info, entry["kept"] // d)
         scale = _decode_scale(info["scale_encoding"], arrays).reshape(info["scale_shape"])
         group = in_features // scale.shape[1]
         # The scale of every weight, then only those of kept entries (row-major, like the codes).
         full_scale = scale.expand(out_features, -1).repeat_interleave(group, dim=1)
         kept_scale = full_scale.reshape(-1) if mask is None else full_scale[mask]
-        kept_values = kept_scale * arrays["levels"][codes]  # float32, one rounding
+        levels = arrays["levels"].reshape(-1, d)[codes].reshape(-1)  # d-vectors laid end to end
+        kept_values = kept_scale * levels  # float32, one rounding
         if not hadamard:
             kept_values = kept_values.to(dtype)
     if mask is None:

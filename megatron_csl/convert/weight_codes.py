@@ -14,7 +14,12 @@ this module does not follow fails loudly instead of writing a lossy artefact.
 Reconstruction semantics (what the packed manifest promises): for every kept entry
 ``value = float32(scale * levels[code])`` (one rounding, as the quantizers compute it), then the
 block Hadamard rotation when the format has one, then the cast to the weight's dtype; pruned
-entries are 0.
+entries are 0. With Hadamard and sparsity (QuEST's rotate, prune, quantize) the mask and the codes
+live in the rotated basis. Vector-quantized weights store one code per d-vector of the rotated
+row, an index into the format's Gaussian grid, times the row's RMS.
+
+Not packable (ConversionError naming the format): noise injection (nothing is stored
+compressed: the noise is drawn afresh every forward) and outlier-preserving formats.
 """
 from __future__ import annotations
 
@@ -121,11 +126,16 @@ def decompose(spec, weight: torch.Tensor) -> tuple[Decomposition, torch.Tensor]:
         x = weight.detach().float()
         shape = tuple(weight.shape)
         keep = nm = None
+        quantizer = spec.weight
+        _check_packable(spec)
+        had = getattr(quantizer, "had", 0)
         if spec.sparsity_format is not None:
-            keep, _ = spec.sparsity_format.mask(x, _local())
+            from megatron_csl.compression.hadamard import block_hadamard
+
+            # rotate, prune, quantize: with Hadamard the mask is taken in the rotated basis
+            keep, _ = spec.sparsity_format.mask(block_hadamard(x, had) if had else x, _local())
             if isinstance(spec.sparsity_format.pattern, tuple):
                 nm = tuple(spec.sparsity_format.pattern)
-        quantizer = spec.weight
         if quantizer is None:
             dec = Decomposition(shape, weight.dtype, mask=keep, nm=nm,
                                 values=w_hat[keep] if keep is not None else w_hat.reshape(-1))
@@ -142,6 +152,19 @@ def decompose(spec, weight: torch.Tensor) -> tuple[Decomposition, torch.Tensor]:
     return dec, w_hat
 
 
+def _check_packable(spec) -> None:
+    weight = spec.weight
+    if weight is None:
+        return
+    if weight.kind == "noise":
+        raise ConversionError(f"{spec.canonical}: noise injection stores nothing compressed (the "
+                              "noise is drawn afresh every forward); export the dense weights")
+    if weight.outliers:
+        raise ConversionError(f"{spec.canonical}: the packed format has no field for full-precision "
+                              "outliers yet; packable weight formats: w<b>, fp<x>, vq<d>:<bits> "
+                              "with or without sparsity")
+
+
 def _local():
     from megatron_csl.compression import LOCAL
 
@@ -153,9 +176,14 @@ def _quantized(quantizer, x, keep, nm, shape, dtype) -> Decomposition:
 
     had = getattr(quantizer, "had", 0)
     if had:
-        # fake_quantize rotates, quantizes the rotated weight and rotates back (parse_spec refuses
-        # Hadamard with sparsity); codes and scales live in the rotated basis.
-        x, keep, nm = block_hadamard(x, had), None, None
+        # fake_quantize rotates, (prunes,) quantizes the rotated weight and rotates back; codes,
+        # scales and the mask (computed by decompose in the rotated basis) live there.
+        x = block_hadamard(x, had)
+    if quantizer.kind == "vector":
+        codes, scale = quantizer.quantize_codes(x, None)
+        return Decomposition(shape, dtype, codes=codes.reshape(-1),
+                             levels=quantizer.grid().reshape(-1), scale=scale, hadamard=had,
+                             vector_dim=quantizer.dim)
     two_level = {}
     if quantizer.kind == "int":
         levels, scale = _int_levels(quantizer), _int_scale(quantizer, x, keep)

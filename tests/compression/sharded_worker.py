@@ -12,9 +12,13 @@ WEIGHT_SPECS = [
     "w1.58:absmax,tensor", "w4:had,trust", "s50", "s50:tensor", "s50:rbbm10",
     "s75:tensor,rbbm20", "s50:nm2/4,rbbm10", "s50+w4:trust", "s50:tensor+w2:zero,absmax,tensor",
     "fp4", "fp8:tensor", "fp4:nv", "fp8:mx", "s50+fp4:nv",
+    # issue 17: vector quantization, Hadamard + sparsity, float trust, outliers, noise
+    "vq2:2", "vq4:1,ste", "vq2:3,had64", "s50:nm4/8+w4:had,trust", "s50+w4:had", "s50:tensor+fp4:had",
+    "fp4:trust", "fp4:mx,trust", "w4:out1", "w3:tensor,out2,trust", "noise:w4", "noise:fp4:tensor",
 ]
 ACTIVATION_SPECS = ["a4", "a2:zero,absmax,trust", "a4:had,trust", "afp4:nv", "afp8", "afp4:mx",
-                    "a1.58:absmean"]
+                    "a1.58:absmean", "afp4:trust", "as50", "as50+a4:had,trust", "as25+afp4:trust"]
+NOISE_SEED = 1234  # noise formats draw from the default generator: the same state for every call
 
 
 def _compare(name, got, want, failures):
@@ -25,6 +29,7 @@ def _compare(name, got, want, failures):
 
 
 def _value_and_grad(fn, x, upstream):
+    torch.manual_seed(NOISE_SEED)
     x = x.clone().requires_grad_(True)
     out = fn(x)
     (out * upstream).sum().backward()

@@ -14,7 +14,10 @@ from megatron_csl.convert.weight_codes import decompose
 REQUIRED = ([f"w{b}" for b in range(1, 9)] + [f"w{b}:zero" for b in range(2, 9)]
             + ["w1.58", "s50", "s50:nm2/4", "s50+w4", "fp8", "fp4"])
 EXTRA = ["w4:g32", "w4:tensor", "w3:absmax", "fp4:mx", "fp4:nv", "fp8:e5m2", "w4:had", "fp6",
-         "s50:tensor+w2", "s75:nm32/128", "s50:nm2/4+w1.58", "s50+fp4"]
+         "s50:tensor+w2", "s75:nm32/128", "s50:nm2/4+w1.58", "s50+fp4",
+         # issue 17: vector codes, Hadamard + sparsity (mask in the rotated basis), float trust
+         "vq2:2", "vq4:2", "vq2:3,had64", "vq2:4", "s50:nm4/8+w4:had,trust", "s50+fp4:had",
+         "fp4:trust"]
 ROWS, COLS = 24, 128
 
 
@@ -93,3 +96,28 @@ def test_a_wrong_scale_is_caught(monkeypatch):
     monkeypatch.setattr(weight_codes, "_int_scale", lambda q, x, keep: real(q, x, keep) * 1.001)
     with pytest.raises(ConversionError, match="does not restore the compressed weight"):
         decompose(parse_spec("w4"), _weight(torch.float32))
+
+
+@pytest.mark.parametrize("spec_text,bits", [("vq2:2", 2), ("vq2:3", 3), ("vq4:2", 2), ("vq4:1", 1)])
+def test_vector_codes_take_their_bits_and_index_the_grid(spec_text, bits):
+    spec, entry, arrays = _round_trip(spec_text, _weight(torch.bfloat16))
+    d = spec.weight.dim
+    assert entry["quant"]["vector_dim"] == d and entry["quant"]["num_levels"] == 2 ** (d * bits)
+    assert entry["quant"]["bits_per_code"] == d * bits
+    torch.testing.assert_close(arrays["levels"].reshape(-1, d), spec.weight.grid())
+    per_weight = 8 * (array_bytes(arrays) - arrays["levels"].numel() * 4) / (ROWS * COLS)
+    assert per_weight == pytest.approx(bits + 32 / COLS, abs=0.02)  # codes + fp32 row scales
+
+
+def test_hadamard_sparsity_stores_the_rotated_mask():
+    spec, entry, _ = _round_trip("s50:nm4/8+w4:had", _weight(torch.float32))
+    assert entry["hadamard"] == 128 and entry["sparsity"]["kind"] == "nm"
+    assert entry["kept"] == ROWS * COLS // 2
+
+
+@pytest.mark.parametrize("spec_text,fragment", [("noise:w4", "noise injection"),
+                                                ("w4:out1", "outliers")])
+def test_unpackable_formats_are_refused_by_name(spec_text, fragment):
+    with pytest.raises(ConversionError, match=fragment) as err:
+        decompose(parse_spec(spec_text), _weight(torch.float32))
+    assert spec_text in str(err.value)

@@ -25,11 +25,13 @@ def _profile(**changes) -> dict:
 
 def test_shipped_sweeps_load_and_expand():
     names = {p.stem for p in SHIPPED}
-    assert {"weight_only", "full_quant", "mixed", "sparsity", "chinchilla_2x", "demo"} <= names
+    assert {"weight_only", "full_quant", "mixed", "sparsity", "chinchilla_2x", "demo",
+            "vector"} <= names
     expected_formats = {
         "weight_only": {"dense", "w4", "w2", "w1"},
         "full_quant": {"dense", "w8a8", "w4a4", "w2a2", "w1a1"},
         "mixed": {"dense", "w2a4", "w4a2", "w2a2", "w4a4"},
+        "vector": {"dense", "w2", "w3", "w4", "vq2:2", "vq2:3", "vq2:4", "vq4:2"},
     }
     for path in SHIPPED:
         sweep = load_sweep(path, output_dir="/tmp/unused")
