@@ -6,8 +6,10 @@ setup(
     version="0.1.0",
     description="Megatron-style training fork for compressed pretraining and compression scaling laws",
     packages=find_packages(include=["megatron_csl", "megatron_csl.*"]),
-    # the reference corpus and the Chinchilla points the docs, tests and benchmarks use
-    package_data={"megatron_csl.data": ["reference/README.md", "reference/*.json.gz", "reference/*.csv"]},
+    # the reference corpus and the Chinchilla points the docs, tests and benchmarks use; the
+    # Gaussian vector-quantization grids (megatron_csl/compression/vector.py)
+    package_data={"megatron_csl.data": ["reference/README.md", "reference/*.json.gz", "reference/*.csv"],
+                  "megatron_csl.compression": ["vq_grids.npz"]},
     python_requires=">=3.10",
     install_requires=[
         "megatron-core==0.16.1",
