@@ -110,7 +110,7 @@ def test_vector_codes_take_their_bits_and_index_the_grid(spec_text, bits):
 
 
 def test_hadamard_sparsity_stores_the_rotated_mask():
-    spec, entry, _ = _round_trip("s50:nm4/8+w4:had", _weight(torch.float32))
+    spec, entry, _ = _round_trip("s50:nm2/4+w4:had", _weight(torch.float32))
     assert entry["hadamard"] == 128 and entry["sparsity"]["kind"] == "nm"
     assert entry["kept"] == ROWS * COLS // 2
 
