@@ -6,7 +6,7 @@ The output is a new run directory that ``launch/pretrain.py --load`` resumes at 
     OUTPUT/pretrain_args.yaml            every flag of the source run, target layout, --load
     OUTPUT/metrics.jsonl                 the source's rows up to the checkpoint's step
     OUTPUT/checkpoints/iter_XXXXXXX/     model, optimizer, scheduler and training state
-    OUTPUT/checkpoints/latest
+    OUTPUT/checkpoints/latest_checkpointed_iteration.txt
 
 How: TP x PP processes (gloo, CPU) build the run's model, optimizer and LR schedule at the target
 layout with megatron_csl.training's own builders, load the source checkpoint into them (megatron's
@@ -18,7 +18,6 @@ divisor is adjusted so the embedding keeps its shape (and the model its loss), a
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from pathlib import Path
@@ -36,20 +35,22 @@ def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
 
 
-def target_args(run: RunInfo, tp: int, pp: int, run_dir: Path) -> argparse.Namespace:
-    """The source run's resolved flags with the target layout, ready for `resolve_plan`."""
+def target_config(run: RunInfo, tp: int, pp: int, run_dir: Path):
+    """The source run's configuration with the target layout, ready for `resolve_plan`."""
     from megatron_csl.model import padded_vocab_size
+    from megatron_csl.runfiles import CHECKPOINTS_DIR
 
-    args = argparse.Namespace(**run.args)
     if not run.args:
-        raise ConversionError(f"{run.run_dir / 'run.json'} has no 'args'; it cannot be resumed at "
-                              "another layout")
-    args.tensor_model_parallel_size, args.pipeline_model_parallel_size = tp, pp
-    args.run_dir, args.load, args.config = str(run_dir), True, None
-    args.name = run.raw.get("name") or args.name
+        raise ConversionError(f"{run.run_dir / 'run.json'} has no configuration ('config' or "
+                              "'args'); it cannot be resumed at another layout")
+    source = run.config
     # The batch is a property of the run, not of the layout: pin what the source resolved.
-    args.global_batch_size = run.raw.get("global_batch_size", args.global_batch_size)
-    divisor = args.make_vocab_size_divisible_by
+    values = dict(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+                  run_dir=str(run_dir), save=str(Path(run_dir) / CHECKPOINTS_DIR), load=None,
+                  resume=True, name=run.raw.get("name") or source.checkpoint.name,
+                  global_batch_size=run.raw.get("global_batch_size",
+                                                source.budget.global_batch_size))
+    divisor = source.model.make_vocab_size_divisible_by
     if padded_vocab_size(run.vocab_size, tp, divisor) != run.padded_vocab_size:
         # Another divisor that pads to the same size at this TP; prefer the source's multiple
         # (divisor x source TP) spread over the target TP, else the smallest that fits.
@@ -64,8 +65,8 @@ def target_args(run: RunInfo, tp: int, pp: int, run_dir: Path) -> argparse.Names
                 f"{run.vocab_size}) does not split over {tp} ranks, and a different padding would change "
                 f"the model; TP sizes that keep it: {valid}")
         spread, rem = divmod(divisor * run.tp, tp)
-        args.make_vocab_size_divisible_by = spread if rem == 0 and spread in fits else fits[0]
-    return args
+        values["make_vocab_size_divisible_by"] = spread if rem == 0 and spread in fits else fits[0]
+    return source.replace(**values)
 
 
 def plan_for_layout(run: RunInfo, tp: int, pp: int, run_dir: Path):
@@ -77,12 +78,12 @@ def plan_for_layout(run: RunInfo, tp: int, pp: int, run_dir: Path):
     for name, value in (("--target-tp", tp), ("--target-pp", pp)):
         if not isinstance(value, int) or value < 1:
             raise ConversionError(f"{name} must be a positive integer, got {value!r}")
-    args = target_args(run, tp, pp, run_dir)
+    config = target_config(run, tp, pp, run_dir)
     try:
-        plan = resolve_plan(args, tp * pp)
+        plan = resolve_plan(config, tp * pp)
     except ConfigError as err:
         raise ConversionError(f"target layout TP={tp} PP={pp} is impossible: {err}") from None
-    if plan.padded_vocab_size != run.padded_vocab_size:  # target_args should have prevented this
+    if plan.padded_vocab_size != run.padded_vocab_size:  # target_config should have prevented this
         raise ConversionError(f"target layout pads the vocabulary to {plan.padded_vocab_size} rows, "
                               f"the checkpoint has {run.padded_vocab_size}")
     return plan
@@ -99,31 +100,33 @@ def _convert_rank(rank: int, world_size: int, init_method: str, plan, location: 
     from megatron_csl.training.model_setup import build_training_objects
 
     initialize_cpu_parallel(plan.tp, plan.pp, rank=rank, world_size=world_size,
-                            init_method=init_method, seed=plan.args.seed)
+                            init_method=init_method, seed=plan.config.optimizer.seed)
     objs = build_training_objects(plan)
-    use_distopt = bool(plan.args.use_distributed_optimizer)
+    use_distopt = bool(plan.config.parallel.use_distributed_optimizer)
     state = ckpt.load_checkpoint(Path(location.checkpoint_dir), objs.model, objs.optimizer,
                                  objs.scheduler, use_distopt)
     if state.get("step") != location.iteration:
         raise ConversionError(f"checkpoint {location.checkpoint_dir} holds step {state.get('step')}, "
                               f"its name says {location.iteration}")
-    ckpt.save_checkpoint(Path(staging), location.iteration, objs.model, objs.optimizer,
+    ckpt.save_checkpoint(Path(staging) / ckpt.CHECKPOINTS_DIR, location.iteration, objs.model, objs.optimizer,
                          objs.scheduler, state, use_distopt)
     return {"rank": rank, "step": state["step"]}
 
 
 def pretrain_yaml(plan, final_run_dir: Path) -> str:
-    """A --config file for launch/pretrain.py: every flag of the run, the target layout, --load."""
-    from megatron_csl.training.config import build_parser
+    """A --config file for launch/pretrain.py: every flag of the run that differs from the
+    default, the target layout, and --load of the converted checkpoints."""
+    from megatron_csl.training.config import PretrainConfig
 
-    dests = {a.dest for a in build_parser()._actions}  # argparse keeps no public list
+    default = PretrainConfig().flat()
     flags = {}
-    for dest, value in vars(plan.args).items():
-        if dest in ("config", "help") or dest not in dests or value is None:
+    for name, value in plan.config.flat().items():
+        if name in ("resume", "load", "save", "run_dir") or value is None or value == default[name]:
             continue
-        flags[dest.replace("_", "-")] = list(value) if isinstance(value, tuple) else value
+        flags[name.replace("_", "-")] = list(value) if isinstance(value, tuple) else value
     flags["run-dir"] = str(final_run_dir)
-    flags["load"] = True
+    flags["save"] = str(Path(final_run_dir) / "checkpoints")
+    flags["load"] = str(Path(final_run_dir) / "checkpoints")
     return yaml.safe_dump(flags, sort_keys=False)
 
 
@@ -131,15 +134,15 @@ def export_megatron(location: CheckpointLocation, staging: Path, final_output: P
                     tp: int, pp: int, timeout_s: float = DEFAULT_TIMEOUT_S) -> dict:
     """Write the converted run directory into `staging` (renamed to `final_output` by the caller)."""
     from megatron_csl.compat import run_ranks
-    from megatron_csl.training.checkpointing import read_latest
+    from megatron_csl.training.checkpointing import CHECKPOINTS_DIR, read_latest
     from megatron_csl.training.errors import PretrainError
     from megatron_csl.training.plan import run_json
     from megatron_csl.training.rundir import METRICS_JSONL, RUN_JSON, atomic_write_json, read_metrics
 
     run = location.run
     plan = plan_for_layout(run, tp, pp, final_output)
-    if plan.args.bf16:
-        raise ConversionError("the run trained in bf16; megatron-core's bf16 optimizer does not run on "
+    if plan.config.precision.name != "fp32":
+        raise ConversionError(f"the run trained in {plan.config.precision.name}; megatron-core's mixed-precision optimizer does not run on "
                               "a CPU, so --to megatron cannot rebuild its state here (fp32 runs only)")
     # The ranks run on the CPU over gloo; hide GPUs so megatron does not move tensors to CUDA.
     saved_env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -158,7 +161,7 @@ def export_megatron(location: CheckpointLocation, staging: Path, final_output: P
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = saved_env
     staging = Path(staging)
-    if read_latest(staging / "checkpoints") != location.iteration:
+    if read_latest(staging / CHECKPOINTS_DIR) != location.iteration:
         raise ConversionError(f"the converted checkpoint in {staging} is incomplete")
     doc = run_json(plan, run.raw.get("restarts", 0))
     doc["converted_from"] = {"run_dir": str(run.run_dir), "checkpoint": str(location.checkpoint_dir),
@@ -169,8 +172,9 @@ def export_megatron(location: CheckpointLocation, staging: Path, final_output: P
     (staging / METRICS_JSONL).write_text("".join(json.dumps(r) + "\n" for r in rows))
     (staging / PRETRAIN_ARGS_FILE).write_text(pretrain_yaml(plan, final_output))
     source_divisor = run.args.get("make_vocab_size_divisible_by")
+    divisor = plan.config.model.make_vocab_size_divisible_by
     return {"step": location.iteration, "tp": tp, "pp": pp, "ranks": len(results),
-            "make_vocab_size_divisible_by": plan.args.make_vocab_size_divisible_by,
-            "divisor_changed": plan.args.make_vocab_size_divisible_by != source_divisor,
+            "make_vocab_size_divisible_by": divisor,
+            "divisor_changed": divisor != source_divisor,
             "resume": f"torchrun --nproc-per-node {tp * pp} launch/pretrain.py --config "
                       f"{final_output / PRETRAIN_ARGS_FILE}"}

@@ -1,9 +1,12 @@
 """Find the run directory and checkpoint behind a --load path, and read what run.json says.
 
-`--load` may name a run directory (``RUN_DIR``), its ``RUN_DIR/checkpoints`` folder, or one
-checkpoint ``RUN_DIR/checkpoints/iter_0000100``. Everything the converter needs about the model
-comes from ``RUN_DIR/run.json`` (docs/interfaces.md); anything that does not look like a complete
-megatron-csl dist checkpoint is refused with an error that says what was found instead.
+`--load` may name a run directory (``RUN_DIR``), its checkpoint directory (``RUN_DIR/checkpoints``,
+or the ``--save`` directory run.json names; with ``--save DIR`` alone the run directory is the
+checkpoint directory), or one checkpoint ``.../iter_0000100``. Everything the converter needs about
+the model comes from ``RUN_DIR/run.json`` (docs/interfaces.md) and its configuration (any
+``config_version`` this code reads, including run directories written before the typed
+configuration); anything that does not look like a complete megatron-csl dist checkpoint is
+refused with an error that says what was found instead.
 """
 from __future__ import annotations
 
@@ -14,11 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_csl.convert.errors import ConversionError
-
-RUN_JSON = "run.json"
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
-ITER_RE = re.compile(r"^iter_(\d{7,})$")
+from megatron_csl.runfiles import CHECKPOINTS_DIR, ITER_RE, LATEST_FILES, RUN_JSON, checkpoint_dirname
 SUPPORTED_SHARDED_BACKENDS = {"torch_dist": (1,)}
 # megatron_csl.training.checkpointing.FORMAT_VERSION values this converter reads.
 SUPPORTED_FORMAT_VERSIONS = (1,)
@@ -45,8 +44,35 @@ class RunInfo:
     tokenizer_model: Optional[str]
 
     @property
+    def config(self):
+        """The run's training configuration (megatron_csl.training.config.PretrainConfig)."""
+        from megatron_csl.training.config import config_from_run_json
+        from megatron_csl.training.errors import ConfigError
+
+        try:
+            return config_from_run_json(self.raw)
+        except ConfigError as err:
+            raise ConversionError(f"{self.run_dir / RUN_JSON}: {err}") from None
+
+    @property
     def args(self) -> dict:
-        return self.raw.get("args") or {}
+        """The configuration as {flag name with underscores: value} ({} when run.json has none)."""
+        if not (self.raw.get("config") or self.raw.get("args")):
+            return {}
+        return self.config.flat()
+
+    @property
+    def checkpoint_root(self) -> Path:
+        """Where the run's checkpoints are: run.json's --save directory, else RUN_DIR/checkpoints,
+        else the run directory itself (--save and the run directory are one)."""
+        saved = (self.raw.get("checkpoint") or {}).get("save")
+        for candidate in ([Path(saved)] if saved else []) + [self.run_dir / CHECKPOINTS_DIR]:
+            if candidate.is_dir():
+                return candidate
+        if any(ITER_RE.match(p.name) for p in self.run_dir.iterdir()) or any(
+                (self.run_dir / n).is_file() for n in LATEST_FILES):
+            return self.run_dir
+        return self.run_dir / CHECKPOINTS_DIR
 
     def model_shape(self):
         from megatron_csl.model import ModelShape
@@ -181,6 +207,15 @@ def _newest_complete(ckpt_root: Path) -> Optional[tuple[int, Path]]:
     return max(found) if found else None
 
 
+def _find_run_dir(ckpt: Path) -> Optional[Path]:
+    """The run directory of one iter_ checkpoint: the folder above its checkpoint directory
+    (RUN_DIR/checkpoints/iter_...) or the checkpoint directory itself (--save DIR = run dir)."""
+    for candidate in (ckpt.parent.parent, ckpt.parent):
+        if (candidate / RUN_JSON).is_file():
+            return candidate
+    return None
+
+
 def locate_checkpoint(load: str | Path) -> CheckpointLocation:
     """Resolve --load to the run's info and one complete checkpoint directory."""
     path = Path(load).absolute()
@@ -192,10 +227,12 @@ def locate_checkpoint(load: str | Path) -> CheckpointLocation:
     m = ITER_RE.match(path.name)
     if path.name.endswith(".tmp") and _looks_like_dist_checkpoint(path):
         check_dist_checkpoint(path)    # names it as an interrupted save
-    if m and path.parent.name == CHECKPOINTS_DIR:
-        run = read_run_info(path.parent.parent)
-        check_dist_checkpoint(path)
-        return CheckpointLocation(run, path, int(m.group(1)))
+    if m:
+        run_dir = _find_run_dir(path)
+        if run_dir is not None:
+            run = read_run_info(run_dir)
+            check_dist_checkpoint(path)
+            return CheckpointLocation(run, path, int(m.group(1)))
     if path.name == CHECKPOINTS_DIR and (path.parent / RUN_JSON).is_file():
         path = path.parent
     if not (path / RUN_JSON).is_file():
@@ -207,17 +244,17 @@ def locate_checkpoint(load: str | Path) -> CheckpointLocation:
                                   f"run.json at {path.parent.parent}); the model shape is unknown")
         raise ConversionError(f"--load {path} is not a megatron-csl run directory (no run.json)")
     run = read_run_info(path)
-    root = path / CHECKPOINTS_DIR
+    root = run.checkpoint_root
     if not root.is_dir():
         raise ConversionError(f"run {path} has no checkpoints/ directory: the run saved no checkpoint")
-    latest = root / LATEST_FILE
-    if latest.is_file():
-        text = latest.read_text().strip()
+    tracker = next((root / n for n in LATEST_FILES if (root / n).is_file()), None)
+    if tracker is not None:
+        text = tracker.read_text().strip()
         if not text.isdigit():
-            raise ConversionError(f"{latest} holds {text!r}, not an iteration number")
-        ckpt = root / f"iter_{int(text):07d}"
+            raise ConversionError(f"{tracker} holds {text!r}, not an iteration number")
+        ckpt = root / checkpoint_dirname(int(text))
         if not ckpt.is_dir():
-            raise ConversionError(f"{latest} names iteration {int(text)} but {ckpt} does not exist")
+            raise ConversionError(f"{tracker} names iteration {int(text)} but {ckpt} does not exist")
         check_dist_checkpoint(ckpt)
         return CheckpointLocation(run, ckpt, int(text))
     newest = _newest_complete(root)

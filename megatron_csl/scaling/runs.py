@@ -21,8 +21,7 @@ import numpy as np
 from .laws import DENSE
 from .problem import RunTable
 
-RUN_FILE = "run.json"
-RESULT_FILE = "result.json"
+from megatron_csl.runfiles import RESULT_JSON as RESULT_FILE, RUN_JSON as RUN_FILE  # noqa: E402
 
 
 @dataclass(frozen=True)

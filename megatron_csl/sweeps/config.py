@@ -7,7 +7,6 @@ login node with the file, the key and the valid choices, not hours later on the 
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import math
@@ -36,19 +35,20 @@ CONTROLLED_KEYS = {
     "data_path": "data.paths", "tokenizer_model": "data.tokenizer_model", "mock_data": "data.mock",
     "run_dir": "output_dir", "name": "(set by the sweep: the run directory's name)",
     "load": "(set by the sweep: each run resumes from its own checkpoints)",
+    "save": "(set by the sweep: RUN_DIR/checkpoints)",
     "tensor_model_parallel_size": "layout", "pipeline_model_parallel_size": "layout",
 }
 REQUIRED_TRAINING_KEYS = ("seq_length", "global_batch_size")
 
 
 def pretrain_flags() -> dict:
-    """launch/pretrain.py's flags: {key ("seq_length"): argparse action}, from its own parser,
-    so a sweep accepts exactly the flags training accepts."""
-    from megatron_csl.training.config import build_parser
+    """launch/pretrain.py's flags: {key ("seq_length"): True for an on/off flag}, from the
+    training configuration's schema, so a sweep accepts exactly the flags training accepts."""
+    from megatron_csl.training.config import FIELDS, OPTIONS
 
-    return {opt[2:].replace("-", "_"): action
-            for opt, action in build_parser()._option_string_actions.items()  # noqa: SLF001
-            if opt.startswith("--") and not opt.startswith("--no-") and action.dest != "help"}
+    return {name: negative_exists for name, negative_exists in
+            ((name, ("--no-" + name.replace("_", "-")) in OPTIONS) for name in FIELDS
+             if ("--" + name.replace("_", "-")) in OPTIONS)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +245,7 @@ def _parse_settings(value, where: str, layout_allowed: bool) -> tuple[dict, dict
             layout[key] = val
         elif key in training_keys:
             val = _check_flag_value(val, f"{where}.{key}")
-            if isinstance(flags[key], argparse.BooleanOptionalAction) and not isinstance(val, bool):
+            if flags[key] and key != "load" and not isinstance(val, bool):
                 raise SweepError(f"{where}.{key} must be true or false, got {val!r}")
             training[key] = val
         elif key in CONTROLLED_KEYS:

@@ -3,15 +3,14 @@ parameter count N, its token budget D, and the launch/pretrain.py arguments that
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from pathlib import Path
 
 from .config import SweepConfig
 from .errors import SweepError
 from .profile import parse_time_limit
-
-CHECKPOINTS_SUBDIR = "checkpoints"
+from megatron_csl.runfiles import CHECKPOINTS_DIR as CHECKPOINTS_SUBDIR  # noqa: F401
+from megatron_csl.training import budget as budget_rules
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,11 +82,7 @@ def run_name(model_name: str, compression: str, tokens_per_param: float, seed: i
     return f"{sanitize(model_name)}_{sanitize(compression)}_tpp{format_ratio(tokens_per_param)}_s{seed}"
 
 
-def token_budget(n_params: int, tokens_per_param: float, global_batch_size: int, seq_length: int):
-    """(train_iters, tokens): whole steps covering tokens_per_param * N tokens (rounded up, >= 1)."""
-    tokens_per_step = global_batch_size * seq_length
-    iters = max(1, math.ceil(tokens_per_param * n_params / tokens_per_step))
-    return iters, iters * tokens_per_step
+token_budget = budget_rules.token_budget   # the training planner's own rule
 
 
 def _positive_int(value, where: str) -> int:
@@ -127,11 +122,10 @@ def resolve_layout(sweep: SweepConfig, model, compression: str, layout: dict, tr
     dp = world // (tp * pp)
     mbs = _positive_int(training.get("micro_batch_size", 1), f"{where}: micro_batch_size")
     gbs = _positive_int(training["global_batch_size"], f"{where}: global_batch_size")
-    if gbs % (mbs * dp):
-        valid = [g for g in range(mbs * dp, 8 * mbs * dp + 1, mbs * dp)][:4]
-        raise SweepError(f"{where}: global_batch_size {gbs} is not divisible by micro_batch_size {mbs} x "
-                         f"data-parallel size {dp} = {mbs * dp}; use a multiple of {mbs * dp} "
-                         f"(e.g. {', '.join(map(str, valid))}) or change the layout")
+    try:
+        budget_rules.global_batch_size(gbs, mbs, dp)
+    except budget_rules.BudgetError as err:
+        raise SweepError(f"{where}: {err}, or change the layout") from None
     return RunLayout(nodes=nodes, tasks_per_node=tasks,
                      gpus_per_node=tasks if profile.gpus_per_node else 0,
                      tp=tp, pp=pp, time_limit=time_limit)
@@ -167,14 +161,43 @@ def expand_runs(sweep: SweepConfig) -> list[RunSpec]:
     return runs
 
 
+def run_config(run: RunSpec, run_dir: Path, sweep: SweepConfig):
+    """The run's training configuration (megatron_csl.training.config.PretrainConfig), filled
+    directly from the sweep: the same object launch/pretrain.py builds from the job's flags."""
+    from megatron_csl.training.config import PretrainConfig, coerce_values, read_yaml_config
+
+    values = {}
+    training = run.training_dict()
+    if training.get("config"):
+        values.update(read_yaml_config(training.pop("config")))
+    values.update(coerce_values(training, f"sweep training of run {run.name}"))
+    values.update(run_dir=str(run_dir), resume=True, compression=run.compression,
+                  tensor_model_parallel_size=run.layout.tp,
+                  pipeline_model_parallel_size=run.layout.pp,
+                  tokens_per_param=run.tokens_per_param, seed=run.seed,
+                  mock_data=sweep.data.mock, data_path=None if sweep.data.mock else list(sweep.data.paths),
+                  tokenizer_model=sweep.data.tokenizer_model)
+    shape = run.model.shape
+    if run.model.from_ladder:
+        values["model_size"] = run.model.name
+    else:
+        values.update(num_layers=shape.num_layers, hidden_size=shape.hidden_size,
+                      num_attention_heads=shape.num_attention_heads,
+                      ffn_hidden_size=shape.ffn_hidden_size)
+    return PretrainConfig.from_flat(values)
+
+
 def _check_with_pretrain(run: RunSpec, sweep: SweepConfig, where: str) -> None:
-    """Parse the run's arguments with launch/pretrain.py's own parser and checks, so a bad value
-    fails here rather than in a job on the cluster."""
-    from megatron_csl.training.config import parse_args
+    """Check the run's configuration with launch/pretrain.py's own checks, so a bad value fails
+    here rather than in a job on the cluster (extra_args, free-form flags, are parsed too)."""
     from megatron_csl.training import ConfigError
+    from megatron_csl.training.config import check_config, parse_args
 
     try:
-        parse_args(pretrain_args(run, sweep.output_dir / run.name, sweep))
+        config = run_config(run, sweep.output_dir / run.name, sweep)
+        check_config(config)
+        if sweep.extra_args:
+            parse_args(pretrain_args(run, sweep.output_dir / run.name, sweep))
     except ConfigError as err:
         raise SweepError(f"{where}: launch/pretrain.py rejects the arguments of run {run.name}: "
                          f"{err}") from None

@@ -17,12 +17,11 @@ from typing import Optional
 
 from megatron_csl.training.rundir import read_jsonl  # noqa: F401  (the one JSON Lines reader; re-exported)
 
-RUN_JSON = "run.json"
-METRICS_JSONL = "metrics.jsonl"
-RESULT_JSON = "result.json"
+from megatron_csl.runfiles import (CHECKPOINTS_DIR, LATEST_FILES, METRICS_JSONL,  # noqa: F401
+                                   RESULT_JSON, RUN_JSON)
+
 JOBS_JSONL = "jobs.jsonl"
 ATTEMPTS_JSONL = "attempts.jsonl"
-CHECKPOINT_TRACKER = "checkpoints/latest"
 
 
 def now_iso() -> str:
@@ -72,10 +71,15 @@ def last_train_row(run_dir: Path, tail_bytes: int = 65536) -> Optional[dict]:
 
 
 def latest_checkpoint_step(run_dir: Path) -> Optional[int]:
-    """The iteration in checkpoints/latest (written atomically after a save completes), if any."""
-    try:
-        text = (Path(run_dir) / CHECKPOINT_TRACKER).read_text().strip()
-    except FileNotFoundError:
+    """The iteration in the checkpoint tracker (written atomically after a save completes), if
+    any. A sweep's runs keep their checkpoints in RUN_DIR/checkpoints."""
+    for name in LATEST_FILES:
+        try:
+            text = (Path(run_dir) / CHECKPOINTS_DIR / name).read_text().strip()
+            break
+        except FileNotFoundError:
+            continue
+    else:
         return None
     digits = "".join(c for c in text if c.isdigit())
     return int(digits) if digits else None

@@ -1,11 +1,16 @@
-"""Checkpoints under RUN_DIR/checkpoints via megatron.core.dist_checkpointing.
+"""Checkpoints in Megatron-LM's layout via megatron.core.dist_checkpointing (torch_dist).
 
-Layout: ``checkpoints/iter_0000100/`` (a dist_checkpointing directory) and ``checkpoints/latest``
-(a text file with the step). A save goes to ``iter_0000100.tmp`` first; only when every rank has
-finished writing is it renamed to ``iter_0000100`` and ``latest`` rewritten (atomically). An
-interrupted save therefore leaves a ``.tmp`` directory that discovery ignores, and ``latest``
-always names a complete checkpoint. If ``latest`` is missing or names something incomplete,
-discovery falls back to the newest complete ``iter_*`` directory.
+Layout of the checkpoint directory (``--save``, default ``RUN_DIR/checkpoints``):
+``iter_0000100/`` (a dist_checkpointing directory) and ``latest_checkpointed_iteration.txt`` (the
+step), as Megatron-LM writes them. A save goes to ``iter_0000100.tmp`` first; only when every
+rank has finished writing is it renamed to ``iter_0000100`` and the tracker rewritten
+(atomically). An interrupted save therefore leaves a ``.tmp`` directory that discovery ignores,
+and the tracker always names a complete checkpoint. If the tracker is missing or names something
+incomplete, discovery falls back to the newest complete ``iter_*`` directory. Directories written
+before the Megatron-LM layout (tracker ``latest``) are still found.
+
+The common state carries Megatron-LM's keys too (``iteration``, ``checkpoint_version``,
+``opt_param_scheduler``), so Megatron-LM's tools recognise the checkpoint.
 
 A checkpoint holds the model, the optimizer (the distributed optimizer in the ``fully_reshardable``
 format, so it loads at any TP/PP/DP), the LR scheduler, each rank's RNG states, and the data
@@ -26,16 +31,13 @@ from . import checkpoint_integrity
 from . import distributed as dist_utils
 from . import megatron_fixes
 from megatron_csl.atomic import atomic_write_text
+from megatron_csl.runfiles import (CHECKPOINTS_DIR, ITER_RE, LATEST_FILE, LATEST_FILES,  # noqa: F401
+                                   checkpoint_dirname)
 
-CHECKPOINTS_DIR = "checkpoints"
-LATEST_FILE = "latest"
 TMP_SUFFIX = ".tmp"
-_ITER_RE = re.compile(r"^iter_(\d{7,})$")
+_ITER_RE = ITER_RE
 FORMAT_VERSION = 1
-
-
-def checkpoint_dirname(step: int) -> str:
-    return f"iter_{step:07d}"
+MEGATRON_CHECKPOINT_VERSION = 3.0   # Megatron-LM's checkpoint_version of torch_dist checkpoints
 
 
 def is_complete(path: Path) -> bool:
@@ -55,9 +57,18 @@ def complete_checkpoints(root: Path) -> list:
     return sorted(found)
 
 
+def tracker_file(root: Path) -> Path:
+    """The tracker file of a checkpoint directory: Megatron-LM's, or the older ``latest``."""
+    root = Path(root)
+    for name in LATEST_FILES:
+        if (root / name).exists():
+            return root / name
+    return root / LATEST_FILE
+
+
 def read_latest(root: Path) -> Optional[int]:
     try:
-        text = (root / LATEST_FILE).read_text().strip()
+        text = tracker_file(root).read_text().strip()
     except (FileNotFoundError, NotADirectoryError):
         return None
     return int(text) if text.isdigit() else None
@@ -70,15 +81,16 @@ def find_latest(root: Path, warn=print) -> Optional[Tuple[int, Path]]:
     root = Path(root)
     candidates = []
     step = read_latest(root)
+    tracker = tracker_file(root)
     if step is not None:
         path = root / checkpoint_dirname(step)
         if path.is_dir() and is_complete(path):
             candidates.append((step, path))
         else:
-            warn(f"[pretrain] {root / LATEST_FILE} names step {step}, but {path} is missing or "
+            warn(f"[pretrain] {tracker} names step {step}, but {path} is missing or "
                  f"incomplete; looking for the newest complete checkpoint instead")
-    elif (root / LATEST_FILE).exists():
-        warn(f"[pretrain] {root / LATEST_FILE} is unreadable; looking for the newest complete "
+    elif tracker.exists():
+        warn(f"[pretrain] {tracker} is unreadable; looking for the newest complete "
              f"checkpoint instead")
     candidates += [c for c in reversed(complete_checkpoints(root)) if c not in candidates]
     return checkpoint_integrity.first_whole(candidates, warn)
@@ -86,6 +98,9 @@ def find_latest(root: Path, warn=print) -> Optional[Tuple[int, Path]]:
 
 def write_latest(root: Path, step: int) -> None:
     atomic_write_text(Path(root) / LATEST_FILE, f"{step}\n")
+    legacy = Path(root) / LATEST_FILES[1]
+    if legacy.exists():     # a run directory from before the Megatron-LM layout: keep one truth
+        legacy.unlink()
 
 
 def sharded_state_metadata(use_distributed_optimizer: bool) -> dict:
@@ -161,18 +176,23 @@ def _state_dict(model, optimizer, scheduler, metadata, training_state: Optional[
         state["scheduler"] = scheduler.state_dict()
         state["training"] = training_state
         state["layout"] = _layout()
+        # Megatron-LM's own common keys (its loader and tools read these).
+        state["iteration"] = training_state["step"]
+        state["checkpoint_version"] = MEGATRON_CHECKPOINT_VERSION
+        state["opt_param_scheduler"] = state["scheduler"]
     if with_rng:
         state["rng_state"] = _rng_sharded_object(_rng_state() if not is_loading else None)
     return state
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler,
+def save_checkpoint(root: Path, step: int, model, optimizer, scheduler,
                     training_state: dict, use_distributed_optimizer: bool,
                     keep_last: int = 0) -> Path:
-    """Write checkpoint ``step`` (all ranks call this) and point ``latest`` at it."""
+    """Write checkpoint ``step`` into the checkpoint directory ``root`` (all ranks call this)
+    and point the tracker file at it."""
     from megatron.core import dist_checkpointing
 
-    root = Path(run_dir) / CHECKPOINTS_DIR
+    root = Path(root)
     final = root / checkpoint_dirname(step)
     tmp = root / (checkpoint_dirname(step) + TMP_SUFFIX)
     if dist_utils.is_rank0():
@@ -207,9 +227,10 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler,
     return final
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler,
-                    use_distributed_optimizer: bool) -> dict:
-    """Restore model, optimizer, scheduler and (same layout only) RNG; returns the training state.
+def load_checkpoint(path: Path, model, optimizer, scheduler, use_distributed_optimizer: bool,
+                    load_optim: bool = True, load_rng: bool = True) -> dict:
+    """Restore model, optimizer (unless ``load_optim`` is False: --no-load-optim), scheduler and
+    (same layout only, unless --no-load-rng) RNG; returns the training state.
 
     All ranks call this with the same ``path``.
     """
@@ -218,26 +239,61 @@ def load_checkpoint(path: Path, model, optimizer, scheduler,
     path = Path(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
     same_layout = common.get("layout") == _layout()
+    with_rng = same_layout and load_rng
     # The request follows this run's optimizer: fully_reshardable state loads at any layout.
     metadata = sharded_state_metadata(use_distributed_optimizer)
-    megatron_fixes.materialize_optimizer_state(optimizer)
-    megatron_fixes.tolerate_missing_step(optimizer)
+    if load_optim:
+        megatron_fixes.materialize_optimizer_state(optimizer)
+        megatron_fixes.tolerate_missing_step(optimizer)
     request = _state_dict(model, optimizer, scheduler, metadata, None, is_loading=True,
-                          with_rng=same_layout)
+                          with_rng=with_rng)
+    if not load_optim:
+        request.pop("optimizer", None)
     loaded = dist_checkpointing.load(request, str(path))
     from megatron.core.utils import unwrap_model
 
     unwrap_model(model).load_state_dict(loaded["model"])
-    optimizer.load_state_dict(loaded["optimizer"])
-    _untie_adam_steps(optimizer)
+    if load_optim:
+        optimizer.load_state_dict(loaded["optimizer"])
+        _untie_adam_steps(optimizer)
     scheduler.load_state_dict(loaded["scheduler"])
-    if same_layout and loaded.get("rng_state") is not None:
+    if with_rng and loaded.get("rng_state") is not None:
         _set_rng_state(loaded["rng_state"])
     elif not same_layout and dist_utils.is_rank0():
         print(f"[pretrain] checkpoint layout {common.get('layout')} differs from this run's "
               f"{_layout()}: model and optimizer resharded, RNG states start fresh",
               file=sys.stderr, flush=True)
     return loaded["training"]
+
+
+def load_model_weights(path: Path, model) -> dict:
+    """Load only the model weights of a checkpoint (--finetune): one written here or by
+    Megatron-LM's pretrain_gpt.py (torch_dist). Returns the checkpoint's common state.
+
+    Parameters this model has and the checkpoint lacks (e.g. the learned scales of a compressed
+    format started from a dense checkpoint) keep their initial values; a checkpoint tensor of
+    another shape is an error naming it.
+    """
+    from megatron.core import dist_checkpointing
+    from megatron.core.utils import unwrap_model
+
+    path = Path(path)
+    common = dist_checkpointing.load_common_state_dict(str(path))
+    bare = unwrap_model(model)
+    request = bare.sharded_state_dict(metadata=sharded_state_metadata(False))
+    saved = set(dist_checkpointing.load_tensors_metadata(str(path)))
+    present = {}
+    for key, value in request.items():
+        sharded_key = getattr(value, "key", None)
+        if sharded_key is None or sharded_key in saved:
+            present[key] = value
+    loaded = dist_checkpointing.load(present, str(path))
+    missing = bare.load_state_dict(loaded, strict=False)
+    absent = [k for k in missing.missing_keys if not k.endswith("._extra_state")]
+    if absent and dist_utils.is_rank0():
+        print(f"[pretrain] --finetune: {len(absent)} parameter(s) not in {path} keep their "
+              f"initial values (e.g. {absent[0]})", file=sys.stderr, flush=True)
+    return common
 
 
 def _inner_optimizers(optimizer):

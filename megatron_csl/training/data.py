@@ -130,12 +130,12 @@ def build_datasets(plan, train_samples: int, valid_samples: int, is_built_on_ran
 
     d = plan.data
     common = dict(
-        random_seed=plan.args.seed,
+        random_seed=plan.config.optimizer.seed,
         sequence_length=plan.seq_length,
         tokenizer=build_tokenizer(plan.vocab_size, d.tokenizer_model),
         reset_position_ids=False,
         reset_attention_mask=False,
-        eod_mask_loss=False,
+        eod_mask_loss=bool(plan.config.data.eod_mask_loss),
         # The causal mask comes from the attention layer (attn_mask_type=causal): a per-sample
         # [seq, seq] mask from the loader would cost seq^2 bytes per sample for nothing.
         create_attention_mask=False,
@@ -202,4 +202,4 @@ def make_loader(dataset, sampler: BatchSampler, num_workers: int, pin_memory: bo
 def samples_needed(plan) -> Tuple[int, int]:
     """(train, validation) sample counts to ask the dataset builder for."""
     return (plan.train_iters * plan.global_batch_size,
-            plan.args.eval_iters * plan.global_batch_size)
+            plan.config.logging.eval_iters * plan.global_batch_size)

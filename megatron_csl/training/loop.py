@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -33,6 +32,7 @@ from .plan import RunPlan, resolve_plan, run_json
 from .resume_check import check_same_run
 from .rundir import (METRICS_JSONL, RESULT_JSON, RUN_JSON, MetricsLog, atomic_write_json,
                      progress_line, read_json, read_metrics)
+from .startup import quiet_startup
 from .signals import REQUEUE_EXIT_CODE, PreemptionWatcher
 
 
@@ -68,7 +68,7 @@ class Trainer:
         from megatron.core import parallel_state as ps
 
         self.plan = plan
-        self.args = plan.args
+        self.config = plan.config
         self.watcher = watcher
         self.device = dist_utils.device()
         self.dp_rank = ps.get_data_parallel_rank()
@@ -88,8 +88,9 @@ class Trainer:
     # ------------------------------------------------------------------ run directory
     def _prepare_run_dir(self):
         """Rank 0 decides (resume or fresh, or refuse) and tells every rank."""
-        plan, args = self.plan, self.args
-        decision = {"error": None, "resume": None, "finished": False, "restarts": 0}
+        plan = self.plan
+        decision = {"error": None, "resume": None, "finetune": None, "finished": False,
+                    "restarts": 0, "note": None}
         if self.rank0:
             run_dir = plan.run_dir
             try:
@@ -111,24 +112,42 @@ class Trainer:
         return decision
 
     def _decide(self, run_dir: Path) -> dict:
-        args, plan = self.args, self.plan
-        root = run_dir / ckpt.CHECKPOINTS_DIR
-        latest = ckpt.find_latest(root, warn=lambda m: print(m, file=sys.stderr, flush=True))
+        """Fresh start, resume (``--load DIR``, or the run's own checkpoints), fine-tune
+        (``--finetune --load DIR``), or refuse; Megatron-LM's rule: a --load directory without a
+        checkpoint starts fresh, so ``--save DIR --load DIR`` serves both the first and every
+        requeued job."""
+        plan = self.plan
+        warn = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+        own = ckpt.find_latest(plan.save_dir, warn=warn)
         previous = read_json(run_dir / RUN_JSON)
         has_rows = bool(read_metrics(run_dir / METRICS_JSONL))
-        if not args.load:
-            if latest is not None or has_rows or (run_dir / RESULT_JSON).exists():
+        if plan.load_dir is None:
+            if own is not None or has_rows or (run_dir / RESULT_JSON).exists():
                 return {"error": f"--run-dir {str(run_dir)!r} already holds a run (checkpoints or "
-                                 f"metrics); pass --load to resume it, or choose a new --run-dir"}
+                                 f"metrics); pass --load {plan.save_dir} to resume it, or choose a "
+                                 f"new --run-dir/--save"}
             check_same_run(run_dir, previous, run_json(plan), resuming=False)
             return {}
         result = read_json(run_dir / RESULT_JSON)
         if result is not None and result.get("status") == "finished":
             return {"finished": True}
+        if self.config.checkpoint.finetune and not (own is not None and previous is not None):
+            source = ckpt.find_latest(plan.load_dir, warn=warn)
+            if source is None:
+                return {"error": f"--finetune --load {str(plan.load_dir)!r}: no complete "
+                                 f"checkpoint there to start from"}
+            return {"finetune": str(source[1])}
+        latest = own if self.config.checkpoint.finetune else ckpt.find_latest(plan.load_dir,
+                                                                               warn=warn)
+        if latest is None:
+            note = (f"[pretrain] --load {plan.load_dir}: no checkpoint there yet; starting "
+                    f"fresh")
+        else:
+            note = None
         check_same_run(run_dir, previous, run_json(plan), resuming=latest is not None)
         restarts = previous.get("restarts", 0) + 1 if previous is not None else 0
         return {"resume": None if latest is None else (latest[0], str(latest[1])),
-                "restarts": restarts}
+                "restarts": restarts, "note": note}
 
     # ------------------------------------------------------------------ setup
     def _check_data(self):
@@ -150,7 +169,7 @@ class Trainer:
     def _build_data(self):
         train_n, valid_n = data_mod.samples_needed(self.plan)
         self.train_ds, self.valid_ds = data_mod.build_datasets(self.plan, train_n, valid_n)
-        workers = self.args.num_workers
+        workers = self.config.data.num_workers
         self.num_workers = (2 if torch.cuda.is_available() else 0) if workers is None else workers
 
     def _train_iterator(self):
@@ -201,14 +220,14 @@ class Trainer:
         model.eval()
         total = 0.0
         with torch.no_grad():
-            for k in range(self.args.eval_iters):
+            for k in range(self.config.logging.eval_iters):
                 sampler = data_mod.BatchSampler(k * plan.global_batch_size, 1,
                                                 plan.global_batch_size, plan.micro_batch_size,
                                                 plan.dp, self.dp_rank)
                 batches = list(data_mod.make_loader(self.valid_ds, sampler, 0, pin_memory=False))
                 total += self._mean_loss(self._forward_backward(batches, forward_only=True))
         model.train()
-        return total / self.args.eval_iters
+        return total / self.config.logging.eval_iters
 
     # ------------------------------------------------------------------ checkpoints
     def _training_state(self) -> dict:
@@ -224,16 +243,16 @@ class Trainer:
             return
         t0 = time.time()
         try:
-            path = ckpt.save_checkpoint(self.plan.run_dir, self.step, self.objs.model,
+            path = ckpt.save_checkpoint(self.plan.save_dir, self.step, self.objs.model,
                                         self.objs.optimizer, self.objs.scheduler,
                                         self._training_state(),
-                                        bool(self.args.use_distributed_optimizer),
-                                        keep_last=self.args.keep_last_checkpoints)
+                                        bool(self.config.parallel.use_distributed_optimizer),
+                                        keep_last=self.config.checkpoint.keep_last_checkpoints)
         except Exception as e:
             if not preflight.is_disk_full(e):
                 raise
             raise preflight.DiskFullError(
-                f"step {self.step}: the disk of {self.plan.run_dir} filled up while saving the "
+                f"step {self.step}: the disk of {self.plan.save_dir} filled up while saving the "
                 f"checkpoint ({e}); the previous checkpoint is intact. Free space and resume "
                 f"with --load") from None
         self.last_saved_step = self.step
@@ -243,10 +262,15 @@ class Trainer:
         from megatron.core import dist_checkpointing
 
         common = dist_checkpointing.load_common_state_dict(path)
+        if "training" not in common:
+            raise ConfigError(f"--load {path}: not a megatron-csl checkpoint (no training state; "
+                              f"a Megatron-LM checkpoint loads with --finetune)")
         check_schedule_matches(self.objs.scheduler, common["scheduler"])
+        c = self.config.checkpoint
         state = ckpt.load_checkpoint(Path(path), self.objs.model, self.objs.optimizer,
                                      self.objs.scheduler,
-                                     bool(self.args.use_distributed_optimizer))
+                                     bool(self.config.parallel.use_distributed_optimizer),
+                                     load_optim=not c.no_load_optim, load_rng=not c.no_load_rng)
         self.step = state["step"]
         self.consumed_samples = state["consumed_samples"]
         self.log_loss_sum = state["log_loss_sum"]
@@ -258,6 +282,11 @@ class Trainer:
         _print0(f"[pretrain] resumed from {path} at step {self.step}/{self.plan.train_iters}")
 
     # ------------------------------------------------------------------ main
+    def _finetune_from(self, path: str):
+        common = ckpt.load_model_weights(Path(path), self.objs.model)
+        _print0(f"[pretrain] --finetune: model weights from {path} (iteration "
+                f"{common.get('iteration', '?')}); optimizer, schedule and data start at 0")
+
     def run(self) -> int:
         self.t_start = time.time()
         try:
@@ -266,11 +295,13 @@ class Trainer:
             self.lock.release()
 
     def _run(self) -> int:
-        plan, args = self.plan, self.args
+        plan = self.plan
         decision = self._prepare_run_dir()
         if decision["finished"]:
             _print0(f"[pretrain] {plan.run_dir} already finished (result.json); nothing to do")
             return 0
+        if decision.get("note"):
+            _print0(decision["note"])
         self._check_data()
         if self.rank0:
             atomic_write_json(plan.run_dir / RUN_JSON, run_json(plan, decision["restarts"]))
@@ -278,9 +309,11 @@ class Trainer:
         self._build_data()
         if decision["resume"] is not None:
             self._resume(*decision["resume"])
+        elif decision.get("finetune") is not None:
+            self._finetune_from(decision["finetune"])
         if self.rank0:
             self.metrics = MetricsLog(plan.run_dir, resume_step=self.step,
-                                      tensorboard=bool(args.tensorboard))
+                                      tensorboard=plan.tensorboard_dir)
         _print0(f"[pretrain] {plan.name}: N={plan.n_params:,} non-embedding parameters, "
                 f"D={plan.train_tokens:,} tokens ({plan.tokens_per_param:.1f}/param), "
                 f"{plan.train_iters} iterations of {plan.global_batch_size}x{plan.seq_length}, "
@@ -292,7 +325,11 @@ class Trainer:
                 self.metrics.close()
 
     def _loop(self) -> int:
-        plan, args = self.plan, self.args
+        plan, c = self.plan, self.config.checkpoint
+        log_interval, eval_interval = (self.config.logging.log_interval,
+                                       self.config.logging.eval_interval)
+        deadline = (None if c.exit_duration_in_mins is None
+                    else self.t_start + 60.0 * c.exit_duration_in_mins)
         it = self._train_iterator()
         self.objs.model.train()
         train_time = 0.0          # seconds spent in training steps in this process
@@ -301,8 +338,15 @@ class Trainer:
         while self.step < plan.train_iters:
             batches = [next(it) for _ in range(plan.num_microbatches)]
             top_token = max(data_mod.check_batch_tokens(b) for b in batches)
-            preempt, top_token = dist_utils.all_reduce_max(
-                [1.0 if self.watcher.requested else 0.0, top_token])
+            time_up = deadline is not None and time.time() >= deadline and self.step > 0
+            preempt, top_token, time_up = dist_utils.all_reduce_max(
+                [1.0 if self.watcher.requested else 0.0, top_token, 1.0 if time_up else 0.0])
+            if time_up:
+                self.save()
+                _print0(f"[pretrain] --exit-duration-in-mins {c.exit_duration_in_mins:g}: "
+                        f"stopping at step {self.step} with a checkpoint; exit code "
+                        f"{REQUEUE_EXIT_CODE}")
+                return REQUEUE_EXIT_CODE
             if preempt:
                 if self.step == 0:   # nothing to keep: a requeue starts over
                     _print0(f"[pretrain] preempted before the first step: nothing trained, no "
@@ -336,17 +380,17 @@ class Trainer:
             self.log_loss_count += 1
 
             done = self.step >= plan.train_iters
-            if self.step % args.log_interval == 0 or done:
+            if self.step % log_interval == 0 or done:
                 self._log(lr, grad_norm, interval_time, interval_steps, train_time, steps_here)
                 interval_time, interval_steps = 0.0, 0
-            if self.step % args.eval_interval == 0 or done:
+            if self.step % eval_interval == 0 or done:
                 self._eval_and_log()
-            exit_now = (args.exit_interval is not None and self.step % args.exit_interval == 0
+            exit_now = (c.exit_interval is not None and self.step % c.exit_interval == 0
                         and not done)
-            if done or exit_now or (args.save_interval and self.step % args.save_interval == 0):
+            if done or exit_now or (c.save_interval and self.step % c.save_interval == 0):
                 self.save()
             if exit_now:
-                _print0(f"[pretrain] --exit-interval {args.exit_interval}: stopping at step "
+                _print0(f"[pretrain] --exit-interval {c.exit_interval}: stopping at step "
                         f"{self.step} with a checkpoint; exit code {REQUEUE_EXIT_CODE}")
                 return REQUEUE_EXIT_CODE
         self._write_result()
@@ -401,13 +445,14 @@ def run_pretrain(argv=None) -> int:
     """Run one pretraining job on this rank; returns the exit code (see module docstring)."""
     watcher = None
     initialised = False
-    # Import-time notices that only say TE/apex are absent (the local path needs neither).
-    warnings.filterwarnings("ignore", message=".*(Transformer Engine and Apex|Apex) (are|is) not "
-                                              "installed.*")
     try:
-        args = parse_args(argv)
+        config = parse_args(argv)
         info = dist_utils.rank_info()
-        plan = resolve_plan(args, info.world_size)
+        quiet_startup(verbose=config.logging.verbose)
+        plan = resolve_plan(config, info.world_size)
+        if info.rank == 0:
+            for notice in plan.notices:
+                print(f"[pretrain] note: {notice}", file=sys.stderr, flush=True)
         data_mod.check_prefixes_exist(plan.data.prefixes, "--data-path")
         data_mod.check_prefixes_exist(plan.data.valid_prefixes, "--valid-data-path")
         preflight.check_data_files(plan)     # .idx whole, .bin as long as the index says
@@ -421,7 +466,7 @@ def run_pretrain(argv=None) -> int:
         dist_utils.init_process_group(info)
         initialised = True
         dist_utils.init_model_parallel(plan.tp, plan.pp)
-        dist_utils.set_seeds(args.seed)
+        dist_utils.set_seeds(config.optimizer.seed)
         return Trainer(plan, watcher).run()
     except PretrainError as e:
         # Every check is agreed between ranks, so rank 0 speaks for all of them.

@@ -3,7 +3,8 @@
 megatron-core all the way: ``build_gpt_model`` (megatron_csl.model) wrapped in megatron's
 ``Float16Module`` (bf16) and ``DistributedDataParallel``; ``get_megatron_optimizer`` (AdamW,
 optionally the distributed optimizer) with gradient clipping; ``OptimizerParamScheduler`` for a
-linear warm-up from 0 then cosine (or linear/constant) decay to --min-lr, stepped once per
+linear warm-up from 0 then cosine (or linear/constant) decay to --min-lr over
+--lr-decay-iters, stepped once per
 iteration.
 """
 import dataclasses
@@ -26,23 +27,34 @@ def build_model(plan):
 
     from megatron_csl.model import build_gpt_model, llama_transformer_config
 
-    args = plan.args
+    m, par = plan.config.model, plan.config.parallel
+    half = plan.precision in ("bf16", "fp16")
+    overrides = dict(hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
+                     sequence_parallel=bool(par.sequence_parallel and plan.tp > 1))
+    if plan.precision == "fp16":
+        overrides.update(bf16=False, fp16=True, params_dtype=torch.float16,
+                         pipeline_dtype=torch.float16)
+    if par.recompute is not None:
+        overrides["recompute_granularity"] = par.recompute
+        if par.recompute == "full":
+            overrides["recompute_method"] = par.recompute_method or "uniform"
+            overrides["recompute_num_layers"] = par.recompute_num_layers or 1
     config = llama_transformer_config(
         plan.shape, tensor_model_parallel_size=plan.tp, pipeline_model_parallel_size=plan.pp,
-        bf16=bool(args.bf16), init_method_std=args.init_method_std,
-        use_cpu_initialization=args.use_cpu_initialization)
+        bf16=plan.precision == "bf16", init_method_std=m.init_method_std,
+        use_cpu_initialization=m.use_cpu_initialization, **overrides)
     model = build_gpt_model(config, vocab_size=plan.padded_vocab_size, seq_length=plan.seq_length,
-                            compression=plan.compression, impl=args.transformer_impl,
-                            attention=args.attention)
+                            compression=plan.compression, impl=m.impl, attention=m.attention,
+                            rotary_base=m.rotary_base)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
-    if args.bf16:
+    if half:
         from megatron.core.transformer.module import Float16Module
 
         model = Float16Module(config, model)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-        use_distributed_optimizer=bool(args.use_distributed_optimizer))
+        use_distributed_optimizer=bool(par.use_distributed_optimizer))
     model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
     return model, config
 
@@ -50,24 +62,25 @@ def build_model(plan):
 def build_optimizer(plan, model):
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-    args = plan.args
+    o = plan.config.optimizer
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     opt_config = OptimizerConfig(
-        optimizer="adam", lr=plan.lr, min_lr=plan.min_lr, weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1, adam_beta2=args.adam_beta2, adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad, bf16=bool(args.bf16),
-        params_dtype=torch.bfloat16 if args.bf16 else torch.float32,
-        use_distributed_optimizer=bool(args.use_distributed_optimizer))
+        optimizer="adam", lr=plan.lr, min_lr=plan.min_lr, weight_decay=o.weight_decay,
+        adam_beta1=o.adam_beta1, adam_beta2=o.adam_beta2, adam_eps=o.adam_eps,
+        clip_grad=o.clip_grad, bf16=plan.precision == "bf16", fp16=plan.precision == "fp16",
+        params_dtype=dtypes[plan.precision],
+        use_distributed_optimizer=bool(plan.config.parallel.use_distributed_optimizer))
     return get_megatron_optimizer(opt_config, [model])
 
 
 def build_scheduler(plan, optimizer):
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    wd = plan.args.weight_decay
+    wd = plan.config.optimizer.weight_decay
     return OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=plan.lr, min_lr=plan.min_lr,
-        lr_warmup_steps=plan.warmup_iters, lr_decay_steps=plan.train_iters,
-        lr_decay_style=plan.args.lr_decay_style, start_wd=wd, end_wd=wd,
+        lr_warmup_steps=plan.warmup_iters, lr_decay_steps=plan.lr_decay_iters,
+        lr_decay_style=plan.config.optimizer.lr_decay_style, start_wd=wd, end_wd=wd,
         wd_incr_steps=plan.train_iters, wd_incr_style="constant",
         # A resumed run must use the schedule it was started with; a mismatch is an error
         # (raised by load_state_dict, reported by the loop) rather than a silent override.
@@ -100,7 +113,7 @@ def current_lr(optimizer) -> float:
 def check_schedule_matches(scheduler, saved: dict) -> None:
     """ConfigError when a resumed run's schedule differs from the checkpoint's."""
     fields = {"max_lr": "--lr", "min_lr": "--min-lr", "lr_warmup_steps": "warm-up iterations",
-              "lr_decay_steps": "training iterations", "lr_decay_style": "--lr-decay-style"}
+              "lr_decay_steps": "--lr-decay-iters (default: the training iterations)", "lr_decay_style": "--lr-decay-style"}
     diffs = [f"{flag}: checkpoint {saved.get(key)!r}, now {getattr(scheduler, key)!r}"
              for key, flag in fields.items()
              if key in saved and saved[key] != getattr(scheduler, key)]

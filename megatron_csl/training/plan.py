@@ -1,17 +1,21 @@
-"""Turn checked arguments into a run plan: model shape, parameter counts, parallel layout, budget.
+"""Turn a checked configuration into a run plan: model shape, parameter counts, parallel layout,
+budget, and where the run records and checkpoints go.
 
 Everything in the plan is decided before any process group or model exists, so a bad layout or
 budget fails at once (ConfigError, exit code 2) with the values involved. The plan is what
-run.json records.
+run.json records (with the configuration and its version).
 """
-import argparse
 import dataclasses
 import math
 import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from megatron_csl.runfiles import CHECKPOINTS_DIR, DATA_CACHE_DIR, TENSORBOARD_DIR
+
+from . import budget as budget_rules
 from . import config as cfg
+from .config import CONFIG_VERSION, PretrainConfig
 from .errors import ConfigError
 
 
@@ -40,9 +44,13 @@ class DataPlan:
 
 @dataclasses.dataclass(frozen=True)
 class RunPlan:
-    args: argparse.Namespace
+    config: PretrainConfig
     name: str
-    run_dir: Path
+    run_dir: Path                # run.json, metrics.jsonl, result.json
+    save_dir: Path               # checkpoints (Megatron-LM layout)
+    load_dir: Optional[Path]     # where to resume or fine-tune from (None: start fresh)
+    tensorboard_dir: Optional[Path]
+    precision: str               # what the run trains in: fp32, bf16 or fp16
     shape: object                # megatron_csl.model.ModelShape
     model_size: Optional[str]
     seq_length: int
@@ -63,7 +71,9 @@ class RunPlan:
     lr: float
     min_lr: float
     warmup_iters: int
+    lr_decay_iters: int
     data: DataPlan
+    notices: Tuple[str, ...] = ()   # one line each, printed at start-up
 
     @property
     def tokens_per_iter(self) -> int:
@@ -107,69 +117,114 @@ def parse_data_path(tokens: Optional[List[str]], flag: str) -> Tuple[Tuple[str, 
     return tuple(prefixes), tuple(weights)
 
 
-def _shape(args):
+def _shape(m: cfg.ModelConfig):
     from megatron_csl.model import ModelShape, get_shape
 
     base = None
-    if args.model_size is not None:
+    if m.model_size is not None:
         try:
-            base = get_shape(args.model_size)
+            base = get_shape(m.model_size)
         except (ValueError, KeyError) as e:
-            raise ConfigError(f"--model-size {args.model_size!r}: {e}") from None
+            raise ConfigError(f"--model-size {m.model_size!r}: {e}") from None
     fields = {}
     for field in ("num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size",
                   "num_query_groups"):
-        explicit = getattr(args, field)
+        explicit = getattr(m, field)
         fields[field] = explicit if explicit is not None else (
             getattr(base, field) if base is not None else None)
+    if m.group_query_attention and m.num_query_groups is None:
+        fields["num_query_groups"] = 1      # Megatron-LM's default with --group-query-attention
     try:
-        return ModelShape(**fields)
+        shape = ModelShape(**fields)
     except ValueError as e:
         raise ConfigError(f"model shape: {e}") from None
+    if m.kv_channels is not None and m.kv_channels != shape.head_dim:
+        raise ConfigError(f"--kv-channels {m.kv_channels}: this project's models use "
+                          f"--hidden-size / --num-attention-heads = {shape.head_dim} channels per "
+                          f"head; drop --kv-channels or set it to {shape.head_dim}")
+    return shape
 
 
-def _data_plan(args, run_dir: Path) -> DataPlan:
-    prefixes, weights = parse_data_path(args.data_path, "--data-path")
-    valid_prefixes, valid_weights = parse_data_path(args.valid_data_path, "--valid-data-path")
-    if args.data_path:
+def _data_plan(d: cfg.DataConfig, run_dir: Path) -> DataPlan:
+    prefixes, weights = parse_data_path(d.data_path, "--data-path")
+    valid_prefixes, valid_weights = parse_data_path(d.valid_data_path, "--valid-data-path")
+    if d.data_path:
         from .data import check_split
 
-        check_split(args.split, separate_validation=bool(valid_prefixes))
-    cache = args.data_cache_path or str(run_dir / "data_cache")
-    return DataPlan(mock=bool(args.mock_data), prefixes=prefixes, weights=weights,
-                    valid_prefixes=valid_prefixes, valid_weights=valid_weights, split=args.split,
-                    tokenizer_model=args.tokenizer_model, cache_path=cache)
+        check_split(d.split, separate_validation=bool(valid_prefixes))
+    cache = d.data_cache_path or str(run_dir / DATA_CACHE_DIR)
+    return DataPlan(mock=bool(d.mock_data), prefixes=prefixes, weights=weights,
+                    valid_prefixes=valid_prefixes, valid_weights=valid_weights, split=d.split,
+                    tokenizer_model=d.tokenizer_model, cache_path=cache)
 
 
-def _vocab_size(args) -> int:
-    if args.tokenizer_model is None:
-        return args.vocab_size
+def _vocab_size(config: PretrainConfig) -> int:
+    vocab, spm = config.model.vocab_size, config.data.tokenizer_model
+    if spm is None:
+        return vocab
     from .data import sentencepiece_vocab_size
 
-    spm_size = sentencepiece_vocab_size(args.tokenizer_model)
-    if args.vocab_size is not None and args.vocab_size != spm_size:
-        raise ConfigError(f"--vocab-size {args.vocab_size} does not match the SentencePiece model "
-                          f"{args.tokenizer_model!r}, whose vocabulary has {spm_size} pieces; "
+    spm_size = sentencepiece_vocab_size(spm)
+    if vocab is not None and vocab != spm_size:
+        raise ConfigError(f"--vocab-size {vocab} does not match the SentencePiece model "
+                          f"{spm!r}, whose vocabulary has {spm_size} pieces; "
                           f"drop --vocab-size or set it to {spm_size}")
     return spm_size
 
 
-def resolve_plan(args: argparse.Namespace, world_size: int) -> RunPlan:
-    """Decide everything about the run from its arguments and the number of ranks."""
+def _directories(c: cfg.CheckpointConfig, logging: cfg.LoggingConfig):
+    """(run_dir, save_dir, load_dir, tensorboard_dir) from --run-dir/--save/--load."""
+    run_dir = Path(c.run_dir if c.run_dir is not None else c.save).resolve()
+    save_dir = Path(c.save).resolve() if c.save is not None else run_dir / CHECKPOINTS_DIR
+    if c.load is not None:
+        load_dir = Path(c.load).resolve()
+    else:
+        load_dir = save_dir if c.resume else None
+    tensorboard = None
+    if logging.tensorboard:
+        tensorboard = (Path(logging.tensorboard_dir).resolve() if logging.tensorboard_dir
+                       else run_dir / TENSORBOARD_DIR)
+    return run_dir, save_dir, load_dir, tensorboard
+
+
+def _precision(config: PretrainConfig, notices: list) -> str:
+    """The precision the run trains in; a GPU-only precision on a CPU falls back to fp32 with a
+    notice (the flag is valid Megatron-LM, it just cannot take effect here)."""
+    p = config.precision
+    requested = p.name
+    if p.fp8_format is not None:
+        if not _cuda_available():
+            raise ConfigError(f"--fp8-format {p.fp8_format} needs a GPU with Transformer Engine; "
+                              f"this machine has no CUDA device")
+        if config.model.impl != "te":
+            raise ConfigError(f"--fp8-format {p.fp8_format} needs --transformer-impl "
+                              f"transformer_engine (FP8 GEMMs are Transformer Engine's)")
+    if requested != "fp32" and not _cuda_available():
+        notices.append(f"--{requested}: needs a GPU (megatron-core's mixed-precision optimizer "
+                       f"does not run on a CPU); this CPU run trains in fp32")
+        return "fp32"
+    return requested
+
+
+def resolve_plan(config: PretrainConfig, world_size: int) -> RunPlan:
+    """Decide everything about the run from its configuration and the number of ranks."""
     from megatron_csl.compression import SpecError, parse_spec
     from megatron_csl.model import LayoutError, count_parameters, padded_vocab_size, \
         validate_parallel_layout
 
-    run_dir = Path(args.run_dir).resolve()
-    shape = _shape(args)
+    m, par, b, o = config.model, config.parallel, config.budget, config.optimizer
+    notices = list(config.notices)
+    run_dir, save_dir, load_dir, tensorboard_dir = _directories(config.checkpoint,
+                                                                config.logging)
+    shape = _shape(m)
     try:
-        compression = parse_spec(args.compression).canonical
+        compression = parse_spec(config.compression.compression).canonical
     except SpecError as e:
-        raise ConfigError(f"--compression {args.compression!r}: {e}") from None
+        raise ConfigError(f"--compression {config.compression.compression!r}: {e}") from None
 
-    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    vocab_size = _vocab_size(args)
-    padded = padded_vocab_size(vocab_size, tp, args.make_vocab_size_divisible_by)
+    tp, pp = par.tensor_model_parallel_size, par.pipeline_model_parallel_size
+    vocab_size = _vocab_size(config)
+    padded = padded_vocab_size(vocab_size, tp, m.make_vocab_size_divisible_by)
     try:
         validate_parallel_layout(shape, tp, pp, world_size, compression=compression,
                                  vocab_size=padded)
@@ -177,48 +232,55 @@ def resolve_plan(args: argparse.Namespace, world_size: int) -> RunPlan:
         raise ConfigError(f"parallel layout: {e}") from None
     dp = world_size // (tp * pp)
 
-    mbs = args.micro_batch_size
-    gbs = args.global_batch_size if args.global_batch_size is not None else mbs * dp
-    if gbs % (mbs * dp):
-        valid = [mbs * dp * k for k in range(1, 5)]
-        raise ConfigError(
-            f"--global-batch-size {gbs} is not divisible by --micro-batch-size {mbs} x "
-            f"data-parallel size {dp} (= {mbs * dp}; world {world_size} / TP {tp} / PP {pp}); "
-            f"use a multiple of {mbs * dp}, e.g. {', '.join(map(str, valid))}")
+    mbs = b.micro_batch_size
+    try:
+        gbs = budget_rules.global_batch_size(b.global_batch_size, mbs, dp)
+    except budget_rules.BudgetError as e:
+        raise ConfigError(f"--global-batch-size: {e} (world {world_size} / TP {tp} / PP {pp})"
+                          ) from None
 
     counts = count_parameters(shape, vocab_size)
     n = counts.non_embedding
-    tokens_per_iter = gbs * args.seq_length
-    if args.train_iters is not None:
-        train_iters = args.train_iters
-    else:
-        target = args.train_tokens if args.train_tokens is not None else args.tokens_per_param * n
-        # Round up: the run trains on at least the requested budget; run.json records the exact D.
-        train_iters = max(1, math.ceil(target / tokens_per_iter))
-    warm = cfg.warmup_iters(args, train_iters)
-    if args.lr_decay_style != "constant" and train_iters < 2:
+    tokens_per_iter = gbs * m.seq_length
+    train_iters = budget_rules.train_iters(
+        n_params=n, global_batch=gbs, seq_length=m.seq_length, train_iters=b.train_iters,
+        train_samples=b.train_samples, train_tokens=b.train_tokens,
+        tokens_per_param=b.tokens_per_param)
+    warm = cfg.warmup_iters(config, train_iters)
+    decay_iters = o.lr_decay_iters or train_iters
+    if warm >= decay_iters:
+        raise ConfigError(f"warm-up of {warm} iterations must be shorter than --lr-decay-iters "
+                          f"{decay_iters}")
+    if o.lr_decay_style != "constant" and train_iters < 2:
         raise ConfigError(f"{train_iters} training iteration is too few for a decaying learning "
                           f"rate; train longer or use --lr-decay-style constant")
 
-    if args.bf16 and not _cuda_available():
-        raise ConfigError("--bf16 needs a GPU: megatron-core 0.16.1's mixed-precision optimizer "
-                          "does not run on a CPU; drop --bf16 (fp32) on this machine")
-    if args.transformer_impl == "te":
+    precision = _precision(config, notices)
+    if m.impl == "te":
         try:
             import transformer_engine  # noqa: F401
         except ImportError:
-            raise ConfigError("--transformer-impl te needs Transformer Engine, which is not "
-                              "installed; use --transformer-impl local") from None
+            raise ConfigError(f"--transformer-impl {m.transformer_impl} needs Transformer Engine, "
+                              f"which is not installed; use --transformer-impl local") from None
+    if par.sequence_parallel and tp == 1:
+        notices.append("--sequence-parallel: no effect with --tensor-model-parallel-size 1")
+    if config.logging.wandb_project is not None:
+        notices.append(f"--wandb-project {config.logging.wandb_project}: Weights & Biases "
+                       f"logging is not part of megatron-csl; metrics go to metrics.jsonl and "
+                       f"TensorBoard")
 
     return RunPlan(
-        args=args, name=args.name or run_dir.name, run_dir=run_dir, shape=shape,
-        model_size=args.model_size, seq_length=args.seq_length, vocab_size=vocab_size,
+        config=config, name=config.checkpoint.name or run_dir.name, run_dir=run_dir,
+        save_dir=save_dir, load_dir=load_dir, tensorboard_dir=tensorboard_dir,
+        precision=precision, shape=shape,
+        model_size=m.model_size, seq_length=m.seq_length, vocab_size=vocab_size,
         padded_vocab_size=padded, compression=compression, n_params=n,
         n_params_total=count_parameters(shape, padded).total, tp=tp, pp=pp, dp=dp,
         world_size=world_size, micro_batch_size=mbs, global_batch_size=gbs,
         num_microbatches=gbs // (mbs * dp), train_iters=train_iters,
-        train_tokens=train_iters * tokens_per_iter, lr=args.lr, min_lr=cfg.min_lr(args),
-        warmup_iters=warm, data=_data_plan(args, run_dir))
+        train_tokens=train_iters * tokens_per_iter, lr=o.lr, min_lr=cfg.min_lr(config),
+        warmup_iters=warm, lr_decay_iters=decay_iters,
+        data=_data_plan(config.data, run_dir), notices=tuple(notices))
 
 
 def _cuda_available() -> bool:
@@ -260,8 +322,9 @@ def versions() -> dict:
 def run_json(plan: RunPlan, restarts: int = 0) -> dict:
     """The run.json document (docs/interfaces.md)."""
     s = plan.shape
-    args = {k: v for k, v in vars(plan.args).items()}
+    c = plan.config
     return {
+        "config_version": CONFIG_VERSION,
         "name": plan.name,
         "model": {
             "num_layers": s.num_layers, "hidden_size": s.hidden_size,
@@ -276,7 +339,7 @@ def run_json(plan: RunPlan, restarts: int = 0) -> dict:
         "tokens_per_param": plan.tokens_per_param,
         "compression": plan.compression,
         "parallel": {"tp": plan.tp, "pp": plan.pp, "dp": plan.dp, "world_size": plan.world_size,
-                     "use_distributed_optimizer": bool(plan.args.use_distributed_optimizer)},
+                     "use_distributed_optimizer": bool(c.parallel.use_distributed_optimizer)},
         "train_iters": plan.train_iters,
         "global_batch_size": plan.global_batch_size,
         "micro_batch_size": plan.micro_batch_size,
@@ -284,11 +347,12 @@ def run_json(plan: RunPlan, restarts: int = 0) -> dict:
         "lr": plan.lr,
         "min_lr": plan.min_lr,
         "lr_warmup_iters": plan.warmup_iters,
-        "seed": plan.args.seed,
-        "precision": "bf16" if plan.args.bf16 else "fp32",
+        "seed": c.optimizer.seed,
+        "precision": plan.precision,
+        "checkpoint": {"save": str(plan.save_dir), "format": c.checkpoint.ckpt_format},
         "data": plan.data.to_json(),
         "versions": versions(),
         "restarts": restarts,
         "hostname": os.uname().nodename,
-        "args": args,
+        "config": c.to_dict(),
     }

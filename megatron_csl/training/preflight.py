@@ -152,12 +152,12 @@ def check_run_outputs(plan) -> None:
     one being written and the previous complete one)."""
     run_dir = Path(plan.run_dir)
     check_writable(run_dir, "--run-dir")
-    check_writable(run_dir / "checkpoints", "checkpoint folder")
+    check_writable(plan.save_dir, "checkpoint folder (--save)")
     if not plan.data.mock and plan.data.cache_path:
         check_writable(plan.data.cache_path, "--data-cache-path")
-    need = 2 * checkpoint_bytes_estimate(plan.n_params_total,
-                                         bool(plan.args.use_distributed_optimizer))
-    check_free_space(run_dir, need, "--run-dir")
+    need = 2 * checkpoint_bytes_estimate(
+        plan.n_params_total, bool(plan.config.parallel.use_distributed_optimizer))
+    check_free_space(plan.save_dir, need, "checkpoint folder (--save)")
 
 
 def check_data_files(plan) -> None:

@@ -35,7 +35,13 @@ def _model(doc: dict):
 
 def _arg(dest: str) -> Callable[[dict], object]:
     def get(doc: dict):
-        args = doc.get("args")
+        config = doc.get("config")      # config_version 2: grouped
+        if isinstance(config, dict):
+            for group in config.values():
+                if isinstance(group, dict) and dest in group:
+                    return group[dest]
+            return None
+        args = doc.get("args")          # config_version 1: flat argparse dict
         return args.get(dest) if isinstance(args, dict) else None
     return get
 

@@ -9,11 +9,7 @@ from pathlib import Path
 from typing import Iterable, List, Optional
 
 from megatron_csl.atomic import atomic_write_text
-
-RUN_JSON = "run.json"
-METRICS_JSONL = "metrics.jsonl"
-RESULT_JSON = "result.json"
-TENSORBOARD_DIR = "tensorboard"
+from megatron_csl.runfiles import METRICS_JSONL, RESULT_JSON, RUN_JSON, TENSORBOARD_DIR  # noqa: F401
 
 TRAIN_ROW_KEYS = ("step", "tokens", "loss", "lr", "grad_norm", "tokens_per_s")
 EVAL_ROW_KEYS = ("step", "tokens", "val_loss")
@@ -71,7 +67,9 @@ def read_metrics(path) -> List[dict]:
 class MetricsLog:
     """Appends train and eval rows to metrics.jsonl and mirrors them to TensorBoard."""
 
-    def __init__(self, run_dir, resume_step: Optional[int] = None, tensorboard: bool = True):
+    def __init__(self, run_dir, resume_step: Optional[int] = None, tensorboard=True):
+        """tensorboard: True (RUN_DIR/tensorboard), a directory (--tensorboard-dir), or
+        False/None (no events)."""
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / METRICS_JSONL
         if resume_step is None:
@@ -86,8 +84,8 @@ class MetricsLog:
 
             # purge_step hides events an interrupted attempt logged after the checkpoint (all of
             # them when a run without a checkpoint starts over).
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / TENSORBOARD_DIR),
-                                     purge_step=resume_step + 1)
+            log_dir = self.run_dir / TENSORBOARD_DIR if tensorboard is True else Path(tensorboard)
+            self._tb = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step + 1)
 
     def truncate_after(self, step: int) -> None:
         if not self.path.exists():
