@@ -542,7 +542,7 @@ class _RefusedAction(argparse.Action):
         refused = REFUSED_BY_OPTION[option_string]
         if refused.allowed_value is not None and values == refused.allowed_value:
             return   # e.g. --expert-model-parallel-size 1: the same as not giving it
-        shown = option_string if values is None else f"{option_string} {values}"
+        shown = option_string if values in (None, []) else f"{option_string} {values}"
         raise ConfigError(f"{shown}: a Megatron-LM flag that megatron-csl does not support "
                           f"({refused.reason})")
 

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from megatron_csl.training.config import build_parser, parse_args, warmup_iters
+from megatron_csl.training.config import OPTIONS, parse_args, warmup_iters
 from megatron_csl.training.errors import ConfigError
 
 BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
@@ -20,14 +20,14 @@ ISSUE_FLAGS = ("--num-layers --hidden-size --num-attention-heads --ffn-hidden-si
 
 
 def test_every_flag_of_the_issue_exists():
-    options = build_parser()._option_string_actions
-    assert [f for f in ISSUE_FLAGS if f not in options] == []
+    assert [f for f in ISSUE_FLAGS if f not in OPTIONS and f != "--config"] == []
 
 
 def test_base_arguments_parse():
-    args = parse_args(BASE)
-    assert (args.num_layers, args.hidden_size, args.lr, args.mock_data) == (2, 64, 1e-3, True)
-    assert args.compression == "dense" and args.transformer_impl == "local"
+    cfg = parse_args(BASE)
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.optimizer.lr,
+            cfg.data.mock_data) == (2, 64, 1e-3, True)
+    assert cfg.compression.compression == "dense" and cfg.model.transformer_impl == "local"
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -65,14 +65,16 @@ def test_yaml_supplies_defaults_and_the_command_line_wins(tmp_path):
     args = parse_args(["--config", str(cfg), "--seed", "9", "--num-layers", "2",
                        "--ffn-hidden-size", "256", "--seq-length", "16", "--vocab-size", "99",
                        "--run-dir", "/tmp/y"])
-    assert (args.hidden_size, args.num_attention_heads, args.lr) == (128, 8, 3e-4)
-    assert args.seed == 9                            # command line wins
-    assert args.data_path == ["0.3", "a", "0.7", "b"] and args.tokens_per_param == 20
+    args = args.flat()
+    assert (args["hidden_size"], args["num_attention_heads"], args["lr"]) == (128, 8, 3e-4)
+    assert args["seed"] == 9                            # command line wins
+    assert args["data_path"] == ["0.3", "a", "0.7", "b"] and args["tokens_per_param"] == 20
     # A budget or data source on the command line replaces the file's, instead of conflicting.
     args = parse_args(["--config", str(cfg), "--num-layers", "2", "--ffn-hidden-size", "256",
                        "--seq-length", "16", "--vocab-size", "99", "--run-dir", "/tmp/y",
                        "--train-iters", "5", "--mock-data"])
-    assert (args.train_iters, args.tokens_per_param, args.data_path) == (5, None, None)
+    b = args.budget
+    assert (b.train_iters, b.tokens_per_param, args.data.data_path) == (5, None, None)
 
 
 def test_yaml_errors(tmp_path):
@@ -108,8 +110,9 @@ def test_yaml_and_command_line_agree(tmp_path_factory, layers, seed, lr, impl, l
     cli = rest + ["--num-layers", str(layers), "--seed", str(seed), "--lr", repr(lr),
                   "--transformer-impl", impl, "--load" if load else "--no-load"]
     from_cli = parse_args(cli)
-    for key in ("num_layers", "seed", "lr", "transformer_impl", "load"):
-        assert getattr(from_yaml, key) == getattr(from_cli, key)
+    for key in ("num_layers", "seed", "lr", "transformer_impl", "resume"):
+        assert from_yaml.flat()[key] == from_cli.flat()[key]
+    assert from_cli.checkpoint.resume is load
 
 
 @pytest.mark.parametrize("extra, iters, expected", [

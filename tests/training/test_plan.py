@@ -32,10 +32,10 @@ def test_tokens_per_param_sets_d_from_non_embedding_parameters():
     doc = run_json(plan)
     assert (doc["N"], doc["D"], doc["train_iters"]) == (n, plan.train_tokens, plan.train_iters)
     assert doc["tokens_per_param"] == pytest.approx(plan.train_tokens / n)
-    assert doc["args"]["tokens_per_param"] == 20
+    assert doc["config"]["budget"]["tokens_per_param"] == 20 and doc["config_version"] == 2
     assert set(doc) >= {"name", "model", "N", "N_total", "D", "tokens_per_param", "compression",
                         "parallel", "train_iters", "global_batch_size", "micro_batch_size",
-                        "lr", "seed", "data", "versions", "args"}
+                        "lr", "seed", "data", "versions", "config", "config_version"}
     assert doc["model"]["model_size"] == "1m" and doc["versions"]["megatron_core"] == "0.16.1"
 
 
@@ -69,8 +69,9 @@ def test_unknown_model_size_lists_the_ladder():
 
 
 def test_global_batch_must_split_over_micro_batches_and_data_parallel_ranks():
-    with pytest.raises(ConfigError, match=r"--global-batch-size 6 is not divisible by "
-                                          r"--micro-batch-size 2 x data-parallel size 2 \(= 4"):
+    with pytest.raises(ConfigError, match=r"--global-batch-size: global_batch_size 6 is not "
+                                          r"divisible by micro_batch_size 2 x data-parallel size "
+                                          r"2 = 4"):
         plan_for(SHAPE + ["--train-iters", "5", "--micro-batch-size", "2",
                           "--global-batch-size", "6"], world_size=2)
     plan = plan_for(SHAPE + ["--train-iters", "5", "--micro-batch-size", "2",

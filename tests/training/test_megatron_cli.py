@@ -1,0 +1,164 @@
+"""Megatron-LM's command line on the typed configuration: the example script end to end, refused
+flags, notes for GPU-only flags, the generated flag table, quiet start-up, and run directories
+written before the typed configuration (config_version 1)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from megatron_csl.training.config import (CONFIG_VERSION, PretrainConfig, config_from_run_json,
+                                          parse_args, to_argv, yaml_schema)
+from megatron_csl.training.errors import ConfigError
+from megatron_csl.training.flags_table import render_table, table_in_doc
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "launch" / "examples" / "pretrain_llama_cpu.sh"
+FIXTURE = REPO / "tests" / "fixtures" / "run_config_v1"
+BASE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+        "--ffn-hidden-size", "128", "--seq-length", "32", "--vocab-size", "256", "--mock-data",
+        "--train-iters", "10", "--lr", "1e-3", "--run-dir", "/tmp/x"]
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHON=sys.executable, CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1")
+    env.pop("PYTHONWARNINGS", None)
+    return env
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--num-experts", "8"], "--num-experts 8: a Megatron-LM flag that megatron-csl does not "
+                             "support (mixture-of-experts"),
+    (["--context-parallel-size", "2"], "--context-parallel-size 2: not supported by megatron-csl"),
+    (["--use-flash-attn"], "--use-flash-attn: a Megatron-LM flag that megatron-csl does not"),
+    (["--position-embedding-type", "learned_absolute"], "learned_absolute: not supported"),
+    (["--normalization", "LayerNorm"], "--normalization LayerNorm: not supported"),
+    (["--ckpt-format", "torch"], "--ckpt-format torch: not supported"),
+    (["--tokenizer-type", "HuggingFaceTokenizer"], "HuggingFaceTokenizer: not supported"),
+])
+def test_unsupported_megatron_flags_are_named(extra, named):
+    with pytest.raises(ConfigError) as err:
+        parse_args(BASE + extra)
+    assert named in str(err.value)
+    assert "unrecognized arguments" not in str(err.value)
+
+
+def test_harmless_values_of_refused_flags_and_unknown_flags():
+    parse_args(BASE + ["--context-parallel-size", "1", "--expert-model-parallel-size", "1",
+                       "--optimizer", "adam"])
+    with pytest.raises(ConfigError, match="unrecognized arguments: --hiden-size 3; these are "
+                                          "neither .*did you mean --hidden-size"):
+        parse_args(BASE + ["--hiden-size", "3"])
+
+
+def test_megatron_load_dir_and_the_deprecated_switch():
+    cfg = parse_args(BASE + ["--save", "/tmp/ck", "--load", "/tmp/ck"])
+    assert (cfg.checkpoint.save, cfg.checkpoint.load, cfg.checkpoint.resume) == (
+        "/tmp/ck", "/tmp/ck", False) and cfg.notices == []
+    old = parse_args(BASE + ["--load"])
+    assert old.checkpoint.resume and old.checkpoint.load is None
+    assert any("--load without a directory is deprecated" in n for n in old.notices)
+    # --save alone: the run records go to the save directory.
+    from megatron_csl.training.plan import resolve_plan
+
+    plan = resolve_plan(parse_args([a for a in BASE if a not in ("--run-dir", "/tmp/x")]
+                                   + ["--save", "/tmp/ck"]), 1)
+    assert plan.run_dir == plan.save_dir == Path("/tmp/ck").resolve() and plan.load_dir is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU fallback of GPU-only flags")
+def test_gpu_only_flags_on_a_cpu_say_so():
+    from megatron_csl.training.plan import resolve_plan
+
+    plan = resolve_plan(parse_args(BASE + ["--bf16"]), 1)
+    assert plan.precision == "fp32"
+    assert any(n.startswith("--bf16: needs a GPU") for n in plan.notices)
+    with pytest.raises(ConfigError, match="--fp8-format e4m3 needs a GPU"):
+        resolve_plan(parse_args(BASE + ["--fp8-format", "e4m3"]), 1)
+
+
+def test_config_round_trips_through_dict_argv_and_schema():
+    cfg = parse_args(BASE + ["--save", "/tmp/s", "--swiglu", "--rotary-base", "500000",
+                             "--data-cache-path", "/tmp/c", "--no-tensorboard"])
+    doc = json.loads(json.dumps(cfg.to_dict()))
+    assert PretrainConfig.from_dict(doc) == cfg
+    assert parse_args(to_argv(cfg)) == cfg
+    schema = yaml_schema()
+    assert set(schema["properties"]) == set(doc)
+    for group, values in doc.items():
+        assert set(schema["properties"][group]["properties"]) == set(values)
+
+
+def test_committed_flag_table_is_the_generated_one():
+    assert table_in_doc(REPO / "docs" / "pretrain.md") == render_table()
+
+
+def test_run_json_of_config_version_1_loads_and_converts(tmp_path):
+    """A run directory written by the code before the typed configuration (committed fixture):
+    its configuration loads, the converter finds its checkpoint (tracker file `latest`) and
+    plans it at another layout, and an HF export of it works."""
+    from megatron_csl.convert.megatron_export import plan_for_layout
+    from megatron_csl.convert.run_info import locate_checkpoint
+
+    doc = json.loads((FIXTURE / "run.json").read_text())
+    assert "config_version" not in doc and isinstance(doc["args"], dict)
+    cfg = config_from_run_json(doc)
+    assert (cfg.model.num_layers, cfg.model.hidden_size, cfg.compression.compression) == (1, 32,
+                                                                                          "w4")
+    assert cfg.checkpoint.resume is False and cfg.checkpoint.run_dir == doc["args"]["run_dir"]
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    location = locate_checkpoint(run)
+    assert location.iteration == 2 and location.checkpoint_dir.name == "iter_0000002"
+    assert location.run.config.model.ffn_hidden_size == 64
+    plan = plan_for_layout(location.run, 2, 1, tmp_path / "tp2")
+    assert (plan.tp, plan.padded_vocab_size) == (2, location.run.padded_vocab_size)
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "--load",
+                           str(run), "--to", "hf", "--output", str(tmp_path / "hf")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 1
+
+
+def test_megatron_llama_example_runs_resumes_and_starts_quietly(tmp_path):
+    """launch/examples/pretrain_llama_cpu.sh, unchanged: the first job stops at iteration 3
+    (--exit-interval, exit 3) with a checkpoint in Megatron-LM's layout; the same command again
+    resumes from it and finishes. Start-up output has no library warnings."""
+    ckpt = tmp_path / "ckpt"
+    first = subprocess.run(["bash", str(EXAMPLE), str(ckpt), "--exit-interval", "3"], cwd=REPO,
+                           env=_env(), capture_output=True, text=True, timeout=600)
+    assert first.returncode == 3, first.stdout + first.stderr
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
+    assert (ckpt / "iter_0000003" / "metadata.json").is_file()
+    assert "no checkpoint there yet; starting fresh" in first.stdout
+    for noise in ("Apex", "Transformer Engine", "Warning", "warn("):
+        assert noise not in first.stderr, first.stderr
+    assert "--bf16: needs a GPU" in first.stderr or torch.cuda.is_available()
+    assert "--wandb-project megatron-csl-example" in first.stderr
+    run = json.loads((ckpt / "run.json").read_text())
+    assert run["config_version"] == CONFIG_VERSION and run["compression"] == "w4"
+    assert run["model"]["num_query_groups"] == 2 and run["config"]["model"]["rotary_base"] == 500000
+
+    second = subprocess.run(["bash", str(EXAMPLE), str(ckpt)], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from" in second.stdout and "iter_0000003 at step 3/6" in second.stdout
+    result = json.loads((ckpt / "result.json").read_text())
+    assert result["status"] == "finished" and result["steps"] == 6
+    assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "6"
+    assert any((ckpt / "tensorboard").iterdir())
+
+
+def test_verbose_shows_the_library_warnings(tmp_path):
+    proc = subprocess.run([sys.executable, "launch/pretrain.py"] + BASE[:-2]
+                          + ["--train-iters", "1", "--lr-decay-style", "constant", "--eval-iters",
+                             "1", "--no-tensorboard", "--run-dir", str(tmp_path / "r"),
+                             "--verbose"],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "not installed" in proc.stderr
