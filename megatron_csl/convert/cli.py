@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Convert a megatron-csl checkpoint: to another TP/PP layout (megatron), "
                             "to a Hugging Face Llama (hf), or to a packed low-bit artefact (packed).")
     p.add_argument("--load", required=True, metavar="RUN_DIR_OR_CKPT",
-                   help="a run directory (its checkpoints/latest is used), its checkpoints/ folder, "
+                   help="a run directory (its newest checkpoint is used), its checkpoints/ folder, "
                         "or one checkpoints/iter_XXXXXXX directory")
     p.add_argument("--to", required=True, choices=TARGETS, help="what to write")
     p.add_argument("--output", required=True, metavar="DIR",

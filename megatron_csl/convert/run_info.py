@@ -63,16 +63,17 @@ class RunInfo:
 
     @property
     def checkpoint_root(self) -> Path:
-        """Where the run's checkpoints are: run.json's --save directory, else RUN_DIR/checkpoints,
-        else the run directory itself (--save and the run directory are one)."""
-        saved = (self.raw.get("checkpoint") or {}).get("save")
-        for candidate in ([Path(saved)] if saved else []) + [self.run_dir / CHECKPOINTS_DIR]:
-            if candidate.is_dir():
-                return candidate
+        """Where the run's checkpoints are: RUN_DIR/checkpoints, else the run directory itself
+        (--save and the run directory are one), else the --save directory run.json names (looked
+        at last: a copied or moved run directory must not read the original's checkpoints)."""
+        own = self.run_dir / CHECKPOINTS_DIR
+        if own.is_dir():
+            return own
         if any(ITER_RE.match(p.name) for p in self.run_dir.iterdir()) or any(
                 (self.run_dir / n).is_file() for n in LATEST_FILES):
             return self.run_dir
-        return self.run_dir / CHECKPOINTS_DIR
+        saved = (self.raw.get("checkpoint") or {}).get("save")
+        return Path(saved) if saved and Path(saved).is_dir() else own
 
     def model_shape(self):
         from megatron_csl.model import ModelShape

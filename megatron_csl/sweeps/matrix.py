@@ -225,12 +225,12 @@ def _flag_args(key: str, value) -> list[str]:
 def pretrain_args(run: RunSpec, run_dir: Path, sweep: SweepConfig) -> list[str]:
     """Arguments of launch/pretrain.py for `run` writing into `run_dir`.
 
-    `--load` (resume from the run directory's newest complete checkpoint) is always given, so a
-    requeued or resubmitted job resumes where the last one saved; with no checkpoint yet the run
-    starts from scratch.
+    `--load RUN_DIR/checkpoints` (Megatron-LM's form; the checkpoints are saved there by default)
+    is always given, so a requeued or resubmitted job resumes where the last one saved; with no
+    checkpoint yet the run starts from scratch.
     """
     run_dir = Path(run_dir)
-    args = ["--run-dir", str(run_dir), "--load"]
+    args = ["--run-dir", str(run_dir), "--load", str(run_dir / CHECKPOINTS_SUBDIR)]
     shape = run.model.shape
     if run.model.from_ladder:
         args += ["--model-size", run.model.name]

@@ -11,14 +11,16 @@ class BudgetError(ValueError):
     """A batch size or budget that cannot work; the message names the values."""
 
 
-def global_batch_size(requested: Optional[int], micro_batch_size: int, dp: int) -> int:
+def global_batch_size(requested: Optional[int], micro_batch_size: int, dp: int,
+                      names=("global_batch_size", "micro_batch_size")) -> int:
     """The global batch (default one micro-batch per data-parallel rank); BudgetError unless it
-    is a multiple of micro-batch x data-parallel size."""
+    is a multiple of micro-batch x data-parallel size. ``names``: how the message names the two
+    settings (sweep keys or command-line flags)."""
     unit = micro_batch_size * dp
     gbs = unit if requested is None else requested
     if gbs % unit:
         valid = [unit * k for k in range(1, 5)]
-        raise BudgetError(f"global_batch_size {gbs} is not divisible by micro_batch_size "
+        raise BudgetError(f"{names[0]} {gbs} is not divisible by {names[1]} "
                           f"{micro_batch_size} x data-parallel size {dp} = {unit}; use a multiple "
                           f"of {unit} (e.g. {', '.join(map(str, valid))})")
     return gbs

@@ -234,10 +234,10 @@ def resolve_plan(config: PretrainConfig, world_size: int) -> RunPlan:
 
     mbs = b.micro_batch_size
     try:
-        gbs = budget_rules.global_batch_size(b.global_batch_size, mbs, dp)
+        gbs = budget_rules.global_batch_size(b.global_batch_size, mbs, dp,
+                                             names=("--global-batch-size", "--micro-batch-size"))
     except budget_rules.BudgetError as e:
-        raise ConfigError(f"--global-batch-size: {e} (world {world_size} / TP {tp} / PP {pp})"
-                          ) from None
+        raise ConfigError(f"{e} (world {world_size} / TP {tp} / PP {pp})") from None
 
     counts = count_parameters(shape, vocab_size)
     n = counts.non_embedding

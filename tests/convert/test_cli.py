@@ -89,7 +89,7 @@ def test_megatron_tp2_resumes_with_the_same_loss(trained_run, tmp_path, capsys):
     assert code == 0, err
     run = json.loads((out_dir / "run.json").read_text())
     assert run["parallel"]["tp"] == 2 and run["model"]["padded_vocab_size"] == 384
-    assert (out_dir / "checkpoints" / "latest").read_text().strip() == "3"
+    assert (out_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     # pretrain accepts it at TP=2: it resumes at step 3 of 3, validates and finishes.
     from megatron_csl.training.distributed import free_port
 

@@ -31,14 +31,14 @@ def write_json(path: Path, obj) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--load", action="store_true")
+    parser.add_argument("--load", nargs="?", const=True)   # launch/pretrain.py: --load DIR
     parser.add_argument("--seed", type=int, default=0)
     args, _ = parser.parse_known_args()
     run_dir = Path(args.run_dir)
     name = run_dir.name
     steps = int(os.environ.get("FAKE_STEPS", "6"))
     step_s = float(os.environ.get("FAKE_STEP_S", "0.02"))
-    latest = run_dir / "checkpoints" / "latest"
+    latest = run_dir / "checkpoints" / "latest_checkpointed_iteration.txt"
     start = int(latest.read_text()) if args.load and latest.exists() else 0
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(run_dir / "run.json", {"name": name, "train_iters": steps, "argv": sys.argv[1:],

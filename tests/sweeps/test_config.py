@@ -74,7 +74,8 @@ def test_pretrain_args_for_ladder_and_explicit_shapes(write_sweep):
     sweep = load_sweep(path, output_dir="/tmp/out")
     ladder, explicit = expand_runs(sweep)
     args = pretrain_args(ladder, Path("/tmp/out") / ladder.name, sweep)
-    assert args[:3] == ["--run-dir", f"/tmp/out/{ladder.name}", "--load"]
+    assert args[:4] == ["--run-dir", f"/tmp/out/{ladder.name}", "--load",
+                        f"/tmp/out/{ladder.name}/checkpoints"]
     joined = " ".join(args)
     assert "--model-size 1m" in joined and "--num-layers" not in joined
     assert "--compression s50:nm2/4+w4" in joined and "--tokens-per-param 0.1" in joined

@@ -60,7 +60,7 @@ def test_golden_content_says_what_the_issue_asks():
     # Every run of a group is a case of the array, with its own run directory and --load.
     for index, run in enumerate(group_runs(runs)[0]):
         assert f"    {index})\n        RUN_NAME={run.name}\n        RUN_DIR={OUTPUT}/{run.name}\n" in array_300m
-    assert array_300m.count("            --load\n") == 2
+    assert array_300m.count(f"            --load {OUTPUT}/") == 2
 
 
 def _bash_n(text: str, tmp_path: Path, name: str):

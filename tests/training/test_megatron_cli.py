@@ -162,3 +162,41 @@ def test_verbose_shows_the_library_warnings(tmp_path):
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "not installed" in proc.stderr
+
+
+def _megatron_lm(mode, directory):
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("megatron_lm_checkpoint.py")),
+                           mode, str(directory)], cwd=REPO, env=_env(), capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def test_checkpoints_cross_between_megatron_lm_and_this_project(tmp_path):
+    """A checkpoint with Megatron-LM's layout and common state, written through megatron-core's
+    own GPTModel (local spec) and dist_checkpointing.save, starts compressed training here
+    (--finetune --compression w4); the checkpoint this project then writes loads back into
+    megatron-core's GPTModel the way Megatron-LM loads (and says its iteration)."""
+    from megatron_csl.training import run_pretrain
+
+    megatron_dir, ours = tmp_path / "megatron", tmp_path / "ours"
+    _megatron_lm("save", megatron_dir)
+    code = run_pretrain(["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+                         "--ffn-hidden-size", "128", "--seq-length", "32", "--vocab-size", "256",
+                         "--mock-data", "--train-iters", "2", "--lr", "1e-9",
+                         "--lr-decay-style", "constant", "--eval-iters", "1", "--no-tensorboard",
+                         "--save", str(ours), "--load", str(megatron_dir), "--finetune",
+                         "--compression", "w4"])
+    assert code == 0
+    assert json.loads((ours / "result.json").read_text())["steps"] == 2   # started at 0, not 5
+    back = _megatron_lm("load", ours)
+    assert back["iteration"] == 2 and back["checkpoint_version"] == 3.0
+    # The recognisable embedding came through (lr 1e-9 leaves it within rounding).
+    assert back["embedding_row_3"] == pytest.approx([0.003] * 4, abs=1e-6)
+    # A Megatron-LM checkpoint is not resumed as if it were this project's (no training state):
+    # exit 2 with the hint to use --finetune.
+    assert run_pretrain(["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+                         "--ffn-hidden-size", "128", "--seq-length", "32", "--vocab-size", "256",
+                         "--mock-data", "--train-iters", "2", "--lr", "1e-3", "--no-tensorboard",
+                         "--save", str(tmp_path / "x"), "--load", str(megatron_dir)]) == 2

@@ -69,9 +69,8 @@ def test_unknown_model_size_lists_the_ladder():
 
 
 def test_global_batch_must_split_over_micro_batches_and_data_parallel_ranks():
-    with pytest.raises(ConfigError, match=r"--global-batch-size: global_batch_size 6 is not "
-                                          r"divisible by micro_batch_size 2 x data-parallel size "
-                                          r"2 = 4"):
+    with pytest.raises(ConfigError, match=r"--global-batch-size 6 is not divisible by "
+                                          r"--micro-batch-size 2 x data-parallel size 2 = 4"):
         plan_for(SHAPE + ["--train-iters", "5", "--micro-batch-size", "2",
                           "--global-batch-size", "6"], world_size=2)
     plan = plan_for(SHAPE + ["--train-iters", "5", "--micro-batch-size", "2",

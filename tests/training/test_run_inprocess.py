@@ -177,7 +177,7 @@ def test_sdpa_attention_trains_the_same_model(tmp_path_factory, tmp_path, monkey
     # could flip a level on that (none did when measured: the losses were equal), hence 1e-3.
     assert ours == pytest.approx(reference, rel=1e-3)
     assert calls, "the SDPA kernel never ran"
-    assert json.loads((run_dir / "run.json").read_text())["args"]["attention"] == "sdpa"
+    assert json.loads((run_dir / "run.json").read_text())["config"]["model"]["attention"] == "sdpa"
 
 
 def test_an_in_process_run_leaves_no_rendezvous_behind(tmp_path, monkeypatch):
