@@ -207,7 +207,9 @@ class ParallelConfig:
         1, "context-parallel ranks", type=_positive_int,
         supported=(lambda v: v == 1, "context parallelism is not supported here; use 1"))
     sequence_parallel: bool = option(
-        False, "sequence parallelism over the tensor-parallel ranks (no effect with TP=1)")
+        False, "sequence parallelism over the tensor-parallel ranks: accepted with TP=1 (no "
+        "effect, says so), refused with TP>1", note="with TP>1 refused (exit 2): not tested "
+        "with the compressed layers")
     use_distributed_optimizer: bool = option(
         False, "shard optimizer state over data-parallel ranks")
     recompute_activations: bool = option(
@@ -327,10 +329,12 @@ class DataConfig:
 class CheckpointConfig:
     save: Optional[str] = option(
         None, "checkpoint directory (Megatron-LM layout: DIR/iter_0000100/, "
-        "DIR/latest_checkpointed_iteration.txt); default: RUN_DIR/checkpoints", metavar="DIR")
+        "DIR/latest_checkpointed_iteration.txt); default: RUN_DIR/checkpoints", metavar="DIR",
+        note="Megatron-LM layout; the run records go there too unless --run-dir is given")
     load: Optional[str] = option(
         None, "resume from this checkpoint directory's newest checkpoint; starts fresh when it "
         "holds none (so --save DIR --load DIR resumes a requeued job)", metavar="DIR",
+        note="also reads checkpoints written by Megatron-LM (with --finetune: model weights)",
         aliases=(Alias("--load", "`--load` without a directory (a switch before): resume from "
                                  "the run's own checkpoints; use --load DIR"),
                  Alias("--no-load", "the default: do not resume")))
@@ -375,11 +379,14 @@ class LoggingConfig:
     tensorboard_dir: Optional[str] = option(
         None, "TensorBoard event directory (default: RUN_DIR/tensorboard)", metavar="DIR")
     tensorboard: bool = option(True, "write TensorBoard events", origin=EXTENSION)
-    log_throughput: bool = option(False, "log tokens/s (always logged here)")
+    log_throughput: bool = option(False, "log tokens/s (always logged here)",
+                                  note="tokens/s is always logged here")
     wandb_project: Optional[str] = option(
         None, "Weights & Biases project (wandb is not installed here: a notice says metrics go "
-        "to metrics.jsonl and TensorBoard only)")
-    wandb_exp_name: Optional[str] = option(None, "Weights & Biases run name")
+        "to metrics.jsonl and TensorBoard only)",
+        note="accepted; no Weights & Biases logging here (a start-up note says so)")
+    wandb_exp_name: Optional[str] = option(None, "Weights & Biases run name",
+                                           note="accepted with --wandb-project (no effect)")
     verbose: bool = option(False, "show every start-up warning of the libraries (hidden by "
                                   "default)", origin=EXTENSION)
 

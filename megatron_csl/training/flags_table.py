@@ -33,7 +33,7 @@ def rows() -> List[Tuple[str, str, str, str]]:
             meta = f.metadata
             if meta.get("flag") is False:
                 continue
-            notes = []
+            notes = [meta["note"]] if meta.get("note") else []
             if meta.get("supported"):
                 notes.append(f"other values refused: {meta['supported'][1]}")
             if meta.get("gpu_only"):

@@ -30,7 +30,7 @@ def build_model(plan):
     m, par = plan.config.model, plan.config.parallel
     half = plan.precision in ("bf16", "fp16")
     overrides = dict(hidden_dropout=m.hidden_dropout, attention_dropout=m.attention_dropout,
-                     sequence_parallel=bool(par.sequence_parallel and plan.tp > 1))
+                     sequence_parallel=False)   # resolve_plan refuses it with TP>1
     if plan.precision == "fp16":
         overrides.update(bf16=False, fp16=True, params_dtype=torch.float16,
                          pipeline_dtype=torch.float16)

@@ -264,6 +264,10 @@ def resolve_plan(config: PretrainConfig, world_size: int) -> RunPlan:
                               f"which is not installed; use --transformer-impl local") from None
     if par.sequence_parallel and tp == 1:
         notices.append("--sequence-parallel: no effect with --tensor-model-parallel-size 1")
+    elif par.sequence_parallel:
+        raise ConfigError(f"--sequence-parallel with --tensor-model-parallel-size {tp}: not "
+                          f"supported by megatron-csl yet (the compressed layers are not tested "
+                          f"with sequence parallelism); drop --sequence-parallel")
     if config.logging.wandb_project is not None:
         notices.append(f"--wandb-project {config.logging.wandb_project}: Weights & Biases "
                        f"logging is not part of megatron-csl; metrics go to metrics.jsonl and "

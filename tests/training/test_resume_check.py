@@ -140,4 +140,4 @@ def test_ctrl_c_during_training_checkpoints_and_exits_3(tmp_path, capsys, monkey
     run_dir = tmp_path / "run"
     assert run_pretrain(RUN + ["--run-dir", str(run_dir)]) == REQUEUE_EXIT_CODE
     assert "preempted at step 2: checkpoint saved" in capsys.readouterr().out
-    assert (run_dir / "checkpoints" / "latest").read_text().strip() == "2"
+    assert (run_dir / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
