@@ -25,16 +25,28 @@ EXTRA_STARTS = 2
 
 @dataclass
 class LosoFit:
-    N: float                       # the size left out
+    N: float                       # the size left out (the median size of a group of sizes)
     epm: dict                      # format -> EPM fitted without that size
     formats_present: frozenset     # formats that still have runs (the others' EPM means nothing)
     heldout_resid: np.ndarray      # log(observed) - log(predicted) of the left-out runs
     heldout_formats: np.ndarray    # their formats
 
 
-def size_labels(N: np.ndarray) -> np.ndarray:
-    """Sizes equal to 9 significant digits count as one size."""
-    return np.round(np.log(N), 9)
+# A sweep has a handful of sizes; tables of runs at scattered sizes (every run its own N) are
+# left out in at most this many groups of neighbouring sizes, so the check costs at most this
+# many refits.
+MAX_GROUPS = 20
+
+
+def size_labels(N: np.ndarray, max_groups: int = MAX_GROUPS) -> np.ndarray:
+    """One label per run: its size (sizes equal to 9 significant digits count as one), or, with
+    more than ``max_groups`` sizes, its group of neighbouring sizes (equal counts of sizes)."""
+    _, index = np.unique(np.round(np.log(N), 9), return_inverse=True)
+    index = index.reshape(-1)
+    n_sizes = int(index.max()) + 1 if len(index) else 0
+    if n_sizes <= max_groups:
+        return index
+    return index * max_groups // n_sizes
 
 
 def leave_one_size_out(result: FitResult, options: FitOptions | None = None) -> list[LosoFit]:
@@ -58,13 +70,17 @@ def leave_one_size_out(result: FitResult, options: FitOptions | None = None) -> 
         held = ~keep
         pred = full.predict_log(theta, full.log_n[held], full.log_d[held], full.fmt[held])
         out.append(LosoFit(
-            N=float(runs.N[held][0]),
+            N=_median_size(runs.N[held]),
             epm=full.law.epm(theta[full.layout.n_base:]),
             formats_present=frozenset(sub.formats.tolist()),
             heldout_resid=full.y[held] - pred,
             heldout_formats=runs.formats[held],
         ))
     return out
+
+
+def _median_size(N: np.ndarray) -> float:
+    return float(N[0]) if np.ptp(N) == 0 else float(np.exp(np.median(np.log(N))))
 
 
 def loso_rmse(fits: list[LosoFit]) -> float | None:

@@ -150,3 +150,19 @@ def test_interval_on_bound_names_the_format():
     diags = dg.fit_diagnostics(result) + dg.bootstrap_diagnostics(result, boot)
     assert {dg.PARAM_ON_BOUND, dg.FEW_SIZES} <= _codes(diags, "w1")
     assert dg.INTERVAL_ON_BOUND in _codes(diags, "w1")
+
+
+def test_scattered_sizes_are_left_out_in_groups():
+    from megatron_csl.scaling.loso import MAX_GROUPS, size_labels
+    from megatron_csl.scaling.synthetic import random_sweep
+
+    assert size_labels(np.array([1e7, 2e7, 1e7, 3e7])).tolist() == [0, 1, 0, 2]
+    runs = random_sweep(40, np.random.default_rng(0))       # every run its own size
+    labels = size_labels(runs.N)
+    assert len(np.unique(labels)) == MAX_GROUPS
+    order = np.argsort(runs.N)
+    assert np.all(np.diff(labels[order]) >= 0)                # groups of neighbouring sizes
+    result = fit_runs("compression", runs, options=FAST)
+    fits = leave_one_size_out(result, FAST)
+    assert len(fits) == MAX_GROUPS
+    assert sum(len(f.heldout_resid) for f in fits) == len(runs)
