@@ -12,7 +12,7 @@ from .laws import LAW_NAMES
 from .parallel import default_workers
 from .predict import parse_predict_arg, predict
 from .report import build_report, check_finite, format_markdown, format_text
-from .validation import check_predictions, predict_values_as_options
+from .validation import check_laws, check_predictions, predict_values_as_options
 from .runs import canonical_spec, collect_runs, read_epoch_chinchilla
 from .outputs import write_json, write_text
 
@@ -144,6 +144,8 @@ def run(args) -> int:
         raise ValueError("no usable runs in the inputs" + (f"; skipped:{reasons}" if reasons else ""))
     # everything the command line asks for is checked here, before any fit or bootstrap runs
     check_predictions(args.law, runs, predictions)
+    if compare:
+        check_laws(compare, runs)
     if args.holdout_ratio is not None:
         from .holdout import check_holdout
         check_holdout(runs, args.holdout_ratio, options)

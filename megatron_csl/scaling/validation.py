@@ -55,3 +55,17 @@ def check_predictions(law: str, runs, predictions) -> None:
             raise ValueError(f"--predict {text!r}: format {spec!r} has no runs in the data "
                              f"(formats: {', '.join(formats)})")
         raise ValueError(f"--predict {text!r}: " + not_fitted_message(spec, formats))
+
+
+def check_laws(names, runs) -> None:
+    """Every --compare-laws law can be built for these runs (dense present, one format for
+    chinchilla, GMSE < 1 for capacity), checked before any fit."""
+    from .formats import law_inputs
+    from .laws import make_law
+
+    formats = runs.format_names()
+    for name in names:
+        try:
+            make_law(name, formats, **law_inputs(name, formats))
+        except ValueError as e:
+            raise ValueError(f"--compare-laws: {name}: {e}") from None

@@ -40,6 +40,7 @@ def test_predict_values_become_options_so_negative_numbers_parse():
     (["--holdout-ratio", "-4"], "--holdout-ratio must be a positive"),
     (["--compare-laws", "compression,kaplan"], "unknown law 'kaplan'"),
     (["--compare-laws", "compression"], "two or more different laws"),
+    (["--compare-laws", "compression,chinchilla"], "--compare-laws: chinchilla: --law chinchilla fits one format"),
 ])
 def test_arguments_are_checked_before_the_fit(sweep_csv, capsys, monkeypatch, args, message):
     def no_fit(*a, **k):
