@@ -3,6 +3,7 @@
 
     python tools/flags_table.py            # rewrite docs/pretrain.md's table
     python tools/flags_table.py --check    # exit 1 if the committed table is out of date
+    python tools/flags_table.py --yaml-schema   # print the configuration's JSON schema
 """
 import sys
 from pathlib import Path
@@ -14,6 +15,13 @@ from megatron_csl.training.flags_table import counts, render_table, table_in_doc
 DOC = Path(__file__).resolve().parents[1] / "docs" / "pretrain.md"
 
 if __name__ == "__main__":
+    if "--yaml-schema" in sys.argv[1:]:
+        import json
+
+        from megatron_csl.training.config import yaml_schema
+
+        print(json.dumps(yaml_schema(), indent=2))
+        sys.exit(0)
     if "--check" in sys.argv[1:]:
         current = table_in_doc(DOC) == render_table()
         print("docs/pretrain.md flag table is " + ("current" if current else

@@ -34,6 +34,11 @@ def build_model(plan):
     if plan.precision == "fp16":
         overrides.update(bf16=False, fp16=True, params_dtype=torch.float16,
                          pipeline_dtype=torch.float16)
+    fp8 = plan.config.precision
+    if fp8.fp8_format is not None:     # GPU + Transformer Engine (resolve_plan checked both)
+        from megatron_csl.layers.fp8 import fp8_config_overrides
+
+        overrides.update(fp8_config_overrides(fp8.fp8_format, fp8.fp8_recipe, m.impl))
     if par.recompute is not None:
         overrides["recompute_granularity"] = par.recompute
         if par.recompute == "full":

@@ -200,3 +200,29 @@ def test_checkpoints_cross_between_megatron_lm_and_this_project(tmp_path):
                          "--ffn-hidden-size", "128", "--seq-length", "32", "--vocab-size", "256",
                          "--mock-data", "--train-iters", "2", "--lr", "1e-3", "--no-tensorboard",
                          "--save", str(tmp_path / "x"), "--load", str(megatron_dir)]) == 2
+
+
+def test_megatron_budget_and_schedule_flags_reach_the_plan(tmp_path):
+    from megatron_csl.training.plan import resolve_plan
+
+    base = [a for a in BASE if a not in ("--train-iters", "10")]
+    plan = resolve_plan(parse_args(base + ["--train-samples", "10", "--global-batch-size", "4",
+                                           "--lr-decay-iters", "2", "--lr-warmup-iters", "1"]), 1)
+    assert (plan.train_iters, plan.lr_decay_iters, plan.warmup_iters) == (3, 2, 1)
+    # A grouped --config file is the same as flat flag names.
+    grouped = tmp_path / "grouped.yaml"
+    grouped.write_text("model: {num_layers: 3, rotary_base: 500000}\noptimizer: {lr: 2.0e-4}\n")
+    cfg = parse_args(["--config", str(grouped)] + [a for a in BASE if a not in
+                                                   ("--num-layers", "2", "--lr", "1e-3")])
+    assert (cfg.model.num_layers, cfg.model.rotary_base, cfg.optimizer.lr) == (3, 500000, 2e-4)
+
+
+def test_exit_duration_in_mins_stops_with_a_checkpoint(tmp_path):
+    from megatron_csl.training import REQUEUE_EXIT_CODE, run_pretrain
+    from megatron_csl.training.checkpointing import read_latest
+
+    code = run_pretrain(BASE[:-2] + ["--train-iters", "50", "--eval-iters", "1",
+                                     "--no-tensorboard", "--exit-duration-in-mins", "0.00001",
+                                     "--save", str(tmp_path / "ck")])
+    assert code == REQUEUE_EXIT_CODE
+    assert read_latest(tmp_path / "ck") == 1     # checked before every step after the first
