@@ -30,6 +30,7 @@ MAX_GRID_POINTS = 256
 GRID_SEED = 0
 LLOYD_ITERATIONS = 60
 SAMPLES_PER_POINT = 1024
+MIN_SAMPLES = 2**18  # small grids get more samples per point (less overfit to the sample set)
 GRID_FILE = Path(__file__).with_name("vq_grids.npz")  # write_grid_file() regenerates it
 TRUST_TOLERANCE = 1e-6
 _CHUNK = 1 << 15  # d-vectors per distance block (memory: _CHUNK * 256 floats)
@@ -58,14 +59,16 @@ def _lloyd(samples: torch.Tensor, grid: torch.Tensor, iterations: int) -> torch.
 
 
 def fit_grid(dim: int, bits: int) -> np.ndarray:
-    """The Lloyd grid [2^(dim*bits), dim] for N(0, I_dim), float64, from fixed-seed samples.
+    """The Lloyd grid [2^(dim*bits), dim] for N(0, I_dim), float64, from fixed-seed samples
+    (max(1024 per point, 2^18) of them).
 
     Cost grows with the grid: under a second for 16 points, about half a minute for 256 points
     on one CPU core; the shipped table (GRID_FILE) spares every run the fit.
     """
     points = 2 ** (dim * bits)
     gen = torch.Generator().manual_seed(GRID_SEED)
-    samples = torch.randn(points * SAMPLES_PER_POINT, dim, generator=gen, dtype=torch.float64)
+    count = max(points * SAMPLES_PER_POINT, MIN_SAMPLES)
+    samples = torch.randn(count, dim, generator=gen, dtype=torch.float64)
     axis = torch.tensor(symmetric_levels(bits) * alpha_star(bits), dtype=torch.float64)
     start = torch.cartesian_prod(*[axis] * dim).reshape(points, dim)
     return _lloyd(samples, start, LLOYD_ITERATIONS).numpy()

@@ -169,3 +169,22 @@ def test_activation_sparsity_capacity():
     assert w == gaussian_mse("w4") and magnitude_pruning_mse(0.5) < a < 1
     assert predicted_epm("as50+w4") == pytest.approx(predicted_epm("w4") * predicted_epm("as50"))
     assert math.isclose(predicted_epm("as25"), predicted_epm("s25"))
+
+
+# ---- tools/capacity.py ---------------------------------------------------------------------------
+def test_capacity_tool_reports_the_new_formats(capsys):
+    import json
+
+    from megatron_csl.scaling.capacity_cli import main
+
+    specs = ["noise:w4", "w4:out1", "as50+w4", "fp4:trust", "s50:nm4/8+w4a4:had,trust"]
+    assert main([*specs, "--json"]) == 0
+    rows = {r["spec"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["noise:w4"]["gmse_w"] == gaussian_mse("w4") and rows["noise:w4"]["w_bits"] == 16
+    assert rows["w4:out1"]["w_bits"] == pytest.approx(4.28)
+    assert rows["w4:out1"]["gmse_w"] < gaussian_mse("w4")
+    assert rows["as50+w4"]["gmse_a"] == pytest.approx(magnitude_pruning_mse(0.5))
+    assert rows["fp4:trust"]["predicted_epm"] == predicted_epm("fp4")
+    assert rows["s50:nm4/8+w4a4:had,trust"]["sparsity"] == 0.5
+    for row in rows.values():
+        assert row["predicted_epm"] == pytest.approx(predicted_epm(row["spec"]))

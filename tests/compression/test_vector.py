@@ -113,3 +113,15 @@ def test_nearest_points_does_not_depend_on_batching():
     assert torch.equal(whole, parts)
     brute = torch.cdist(y.double(), grid.double()).argmin(dim=1)
     assert (whole == brute).float().mean() > 0.9999
+
+
+def test_capacity_tool_reports_vq(capsys):
+    import json
+
+    from megatron_csl.scaling.capacity_cli import main
+
+    assert main(["vq2:2", "w2", "--json"]) == 0
+    vq, w2 = json.loads(capsys.readouterr().out)
+    assert vq["canonical"] == "vq2:2" and vq["w_bits"] == 2 == w2["w_bits"]
+    assert vq["gmse_w"] == gaussian_mse("vq2:2") < w2["gmse_w"]
+    assert vq["predicted_epm"] > w2["predicted_epm"]
