@@ -11,7 +11,8 @@ Codes:
 - ``interval-on-bound``: a bootstrap interval reaches a bound (the parameter or EPM is not
   identified on a sizeable share of resamples);
 - ``non-monotone``: a format's losses at one tokens-per-parameter ratio do not fall with N;
-- ``few-sizes``: a format has fewer distinct (N, D) points than the parameters that shape its curve;
+- ``few-sizes``: a format has fewer model sizes than the parameters of its curve along N (a, b, e,
+  and its own EPM in the compression law);
 - ``residual-structure``: a format's residuals, ordered by N, form fewer runs of one sign than
   chance allows (exact runs test, p < 0.01): the law's shape misses a trend;
 - ``bootstrap-failures``: L-BFGS-B did not converge on more than 10% of the resamples;
@@ -154,26 +155,32 @@ def monotone_diagnostics(runs) -> list[Diagnostic]:
     return out
 
 
+# parameters of a format's curve along N: a, b and e (c and d describe the D direction and are
+# identified by the ratios, shared by every format)
+N_DIRECTION_PARAMS = 3
+
+
 def per_format_params(result, spec: str) -> int:
-    """Parameters that shape one format's curve: the shared base ones, plus its own EPM in the
+    """Parameters that shape one format's loss curve along N: a, b, e, plus its own EPM in the
     compression law (the other laws share their EPM parameters across formats)."""
     own = 1 if result.law == "compression" and spec != DENSE else 0
-    return result.problem.layout.n_base + own
+    return N_DIRECTION_PARAMS + own
 
 
 def few_sizes_diagnostics(result) -> list[Diagnostic]:
     runs = result.problem.runs
     out = []
     for spec in runs.format_names():
-        mask = runs.formats == spec
-        points = len(set(zip(runs.N[mask].tolist(), runs.D[mask].tolist())))
+        sizes = len(set(runs.N[runs.formats == spec].tolist()))
         k = per_format_params(result, spec)
-        if points < k:
+        if sizes < k:
             out.append(Diagnostic(
                 FEW_SIZES,
-                f"{spec} has {points} distinct (N, D) point(s) for the {k} parameters that shape "
-                f"its curve ({result.form} form): its curve is fixed by the other formats' runs "
-                f"and the law's form, not by its own data; add sizes of {spec}.", spec))
+                f"{spec} has {sizes} model size(s) for the {k} parameters that shape its loss "
+                f"curve along N (a, b, e{', its EPM' if k > N_DIRECTION_PARAMS else ''}): its "
+                f"curve's shape comes from the other formats' runs and the law's form, not from "
+                f"its own data, so {'every EPM' if spec == DENSE else 'its EPM'} holds only if "
+                f"they share that shape; add sizes of {spec}.", spec))
     return out
 
 
@@ -287,6 +294,10 @@ def diagnose_fit(result, boot=None, loso_fits=()) -> list[Diagnostic]:
         out += bootstrap_diagnostics(result, boot)
         out += loso_diagnostics(result, boot, loso_fits)
     return out
+
+
+# codes that mean a value is not determined at all (the others: determined, but in doubt)
+UNIDENTIFIED_CODES = (PARAM_ON_BOUND, INTERVAL_ON_BOUND)
 
 
 def unidentified_formats(report: dict) -> dict:

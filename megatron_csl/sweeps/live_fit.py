@@ -2,8 +2,9 @@
 
 While a sweep runs, the fit of its finished runs (with bootstrap intervals and the diagnostics of
 ``megatron_csl.scaling.diagnostics``) says which EPMs are settled and which are still unidentified:
-a format with no finished run, or one a diagnostic puts in doubt (an interval on its bound, too few
-sizes, non-monotone losses, ...). A fit that is not possible yet (no dense runs, one size) is
+a format with no finished run, or one whose EPM or a shared parameter sits on a bound or has an
+interval reaching one (``param-on-bound``, ``interval-on-bound``). EPMs other diagnostics concern
+(too few sizes, non-monotone losses, ...) are listed as "in doubt". A fit that is not possible yet (no dense runs, one size) is
 reported with the reason instead.
 """
 from __future__ import annotations
@@ -24,13 +25,15 @@ def fit_finished(run_dirs, formats, bootstrap: int = 200, seed: int = 0, workers
     """{finished, report (the fit_laws JSON dict, or None), error, unidentified: {spec: reasons}}
     for the sweep's ``formats`` (canonical specs)."""
     from megatron_csl.scaling.bootstrap import bootstrap_fit
-    from megatron_csl.scaling.diagnostics import diagnose_fit, unidentified_formats
+    from megatron_csl.scaling.diagnostics import (UNIDENTIFIED_CODES, diagnose_fit,
+                                                  unidentified_formats)
     from megatron_csl.scaling.fitting import FitOptions, fit_runs
     from megatron_csl.scaling.loso import leave_one_size_out
     from megatron_csl.scaling.report import build_report
     from megatron_csl.scaling.runs import collect_runs
 
-    out = {"finished": len(run_dirs), "report": None, "error": None, "unidentified": {}}
+    out = {"finished": len(run_dirs), "report": None, "error": None, "unidentified": {},
+           "in_doubt": {}}
     report = None
     if not run_dirs:
         out["error"] = "no finished runs yet"
@@ -55,7 +58,9 @@ def fit_finished(run_dirs, formats, bootstrap: int = 200, seed: int = 0, workers
         if spec not in fitted:
             out["unidentified"][spec] = [NO_RUNS if report else "no fit yet"]
         elif spec in flagged:
-            out["unidentified"][spec] = flagged[spec]
+            codes = flagged[spec]
+            key = "unidentified" if set(codes) & set(UNIDENTIFIED_CODES) else "in_doubt"
+            out[key][spec] = codes
     return out
 
 
@@ -71,5 +76,8 @@ def format_live_fit(fit: dict) -> str:
         lines.append("EPMs still unidentified: " + "; ".join(
             f"{spec} ({', '.join(reasons)})" for spec, reasons in fit["unidentified"].items()))
     else:
-        lines.append("every format's EPM is identified (no diagnostic concerns it)")
+        lines.append("every format's EPM is identified")
+    if fit["in_doubt"]:
+        lines.append("EPMs identified but in doubt: " + "; ".join(
+            f"{spec} ({', '.join(reasons)})" for spec, reasons in fit["in_doubt"].items()))
     return "\n".join(lines) + "\n"
