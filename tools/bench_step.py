@@ -129,17 +129,20 @@ def main(argv=None):
     else:
         cfg = bench.StepBenchConfig.cpu_smoke(**overrides)
     warnings.filterwarnings("ignore", message=".*(Apex|Transformer Engine).*")
-    results, rate = bench.run_step_bench(formats, attentions, cfg,
-                                         progress=lambda m: print(m, file=sys.stderr,
-                                                                  flush=True),
-                                         plain=plain, compile_backend=args.compile_backend,
-                                         fp8_rows=fp8_rows)
-    print(bench.format_step_table(results, cfg, rate))
-    if args.json:
+    def write_json(results, rate):
+        # after every row, atomically: a run cut short by a time limit keeps its figures
         tmp = args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(bench.results_as_dicts(results, cfg, rate), f, indent=1)
         os.replace(tmp, args.json)
+
+    results, rate = bench.run_step_bench(formats, attentions, cfg,
+                                         progress=lambda m: print(m, file=sys.stderr,
+                                                                  flush=True),
+                                         plain=plain, compile_backend=args.compile_backend,
+                                         fp8_rows=fp8_rows,
+                                         on_result=write_json if args.json else None)
+    print(bench.format_step_table(results, cfg, rate))
     return 0
 
 

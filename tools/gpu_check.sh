@@ -12,13 +12,15 @@
 #                w8a8 (int8 GEMM), fp8, with the plain rows
 #   te           Transformer Engine spec (--transformer-impl te), bf16 and FP8 (hybrid, delayed
 #                and current scaling) at 1.23B, if transformer_engine imports (skipped otherwise)
+#   demo_size    the GPU demo's largest model (10m, seq 512, micro-batch 32) tokens/s, and the
+#                tokens_per_param at which `make demo GPU=1` trains in 8 of its 9 minutes
 #   pretrain     tools/gpu_pretrain_check.py: NCCL, bf16, distributed optimizer, stop + resume
 #
 # Usage: bash tools/gpu_check.sh [--help] [--cpu-smoke]
 #   OUT=DIR       where results go (default /tmp/gpu_check): gpu_check.log (everything printed),
 #                 summary.txt (one line per step: ok / FAILED / TIMEOUT / skipped, seconds, and a
 #                 last line with the number of failed steps), tests.txt, kernels.json, step.json,
-#                 step_1b.json, te.json, pretrain.txt
+#                 step_1b.json, te.json, demo_rate.json, demo_size.txt, pretrain.txt
 #   PYTHON=EXE    the interpreter (default python3); it must import torch with CUDA
 #   --cpu-smoke   run every step tiny on a CPU (checks the script itself, not the GPU)
 #
@@ -71,6 +73,9 @@ if [ "$SMOKE_MODE" = 1 ]; then
     SHAPE_308M=(--formats dense,w4a4,s50:nm2/4)
     SHAPE_1B=()
     PRETRAIN=(--iters 4)
+    PLAIN=(--plain eager,compiled --compile-backend aot_eager)
+    DEMO_SHAPE=(--cpu-smoke --steps 1 --warmup 0)
+    DEMO_LIMIT=120
     TESTS=(tests/kernels/test_bench_step_setup.py tests/compression/test_gpu.py)
     echo "device: CPU (--cpu-smoke: checks the script, measures nothing)" | tee -a "$OUT/gpu_check.log"
 else
@@ -78,6 +83,10 @@ else
     SHAPE_308M=(--warmup 2 --steps 6)
     SHAPE_1B=(--layers 24 --hidden 2048 --heads 16 --ffn 5632 --micro-batch 4 --warmup 2 --steps 5)
     PRETRAIN=()
+    PLAIN=(--plain eager,compiled)
+    DEMO_SHAPE=(--layers 6 --hidden 384 --heads 6 --ffn 1024 --vocab 4096 --seq 512
+                --micro-batch 32 --warmup 2 --steps 5)
+    DEMO_LIMIT=25
     TESTS=(tests/kernels tests/compression/test_gpu.py tests/layers/test_te_layers.py
            tests/layers/test_weight_cache.py tests/layers/test_te_fp8.py)
     "$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)" \
@@ -100,13 +109,13 @@ step() {
     echo "$name: $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"
 }
 
-step tests 120 tests.txt \
+step tests 110 tests.txt \
     "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" "${TESTS[@]}"
-step kernels 35 kernels.txt "$PY" tools/bench_kernels.py "${SMOKE[@]}" --json "$OUT/kernels.json"
-step step_308m 170 step.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_308M[@]}" \
-    --plain eager,compiled --json "$OUT/step.json"
-step step_1b 90 step_1b.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_1B[@]}" \
-    --formats dense,w4a4,w8a8,fp8 --plain eager,compiled --json "$OUT/step_1b.json"
+step kernels 30 kernels.txt "$PY" tools/bench_kernels.py "${SMOKE[@]}" --json "$OUT/kernels.json"
+step step_308m 150 step.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_308M[@]}" \
+    "${PLAIN[@]}" --json "$OUT/step.json"
+step step_1b 110 step_1b.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_1B[@]}" \
+    --formats dense,w4a4,w8a8,fp8 "${PLAIN[@]}" --json "$OUT/step_1b.json"
 if "$PY" -c "import transformer_engine.pytorch" 2>/dev/null && [ "$SMOKE_MODE" = 0 ]; then
     step te 50 te.txt "$PY" tools/bench_step.py "${SHAPE_1B[@]}" --transformer-impl te \
         --attention megatron --formats dense --fp8-rows hybrid:delayed,hybrid:tensorwise,e4m3:delayed --plain none \
@@ -114,6 +123,10 @@ if "$PY" -c "import transformer_engine.pytorch" 2>/dev/null && [ "$SMOKE_MODE" =
 else
     echo "te: skipped (transformer_engine does not import)" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"
 fi
+# make demo GPU=1 sized from a measured speed: the demo's largest model (10m) at its settings.
+step demo_size "$DEMO_LIMIT" demo_size.txt bash -c "\"\$0\" tools/bench_step.py ${DEMO_SHAPE[*]} \
+    --formats dense --plain none --json '$OUT/demo_rate.json' \
+    && \"\$0\" -m megatron_csl.demo_sizing --from-json '$OUT/demo_rate.json'" "$PY"
 step pretrain 65 pretrain.txt "$PY" tools/gpu_pretrain_check.py --work /tmp/gpu_pretrain "${PRETRAIN[@]}"
 echo "failed steps: $FAILED" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"
 echo "=== done; results in $OUT" | tee -a "$OUT/gpu_check.log"

@@ -274,10 +274,12 @@ FP8_LABEL = "te-fp8:"
 
 def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepBenchConfig,
                    progress: Callable[[str], None] = print, plain: Sequence[str] = (),
-                   compile_backend: str = "inductor", fp8_rows: Sequence[tuple] = ()):
+                   compile_backend: str = "inductor", fp8_rows: Sequence[tuple] = (),
+                   on_result: Optional[Callable[[list, float], None]] = None):
     """Results for the plain PyTorch model in each mode of `plain` ('eager', 'compiled'), then
     every (attention, format), then dense with TE's FP8 for each (format, recipe) of
-    `fp8_rows`, and the measured matmul rate (FLOP/s)."""
+    `fp8_rows`, and the measured matmul rate (FLOP/s). on_result(results so far, rate) runs
+    after each row (so that a run cut short by a time limit keeps what it measured)."""
     device = resolve_device(cfg.device)
     init_single_process(device)
     dtype = torch.bfloat16 if cfg.bf16 else torch.float32
@@ -285,9 +287,16 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
              f"({cfg.matmul_n}^3) ...")
     rate = matmul_rate(device, dtype, cfg.matmul_n)
     results = []
+
+    def done(result: StepResult) -> None:
+        results.append(result)
+        progress(f"  {result.compression}: " + (result.error or f"{result.step_s * 1e3:.1f} ms"))
+        if on_result is not None:
+            on_result(results, rate)
+
     for mode in plain:
         progress(f"[plain PyTorch] {mode} ...")
-        results.append(bench_plain(mode, cfg, device, rate, compile_backend))
+        done(bench_plain(mode, cfg, device, rate, compile_backend))
     for attention in attentions:
         run_cfg = dataclasses.replace(cfg, attention=attention)
         dense_s = None
@@ -301,7 +310,7 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
                 dense_s = result.step_s
             if dense_s is not None and result.step_s is not None:
                 result.ratio = result.step_s / dense_s
-            results.append(result)
+            done(result)
     return results, rate
 
 
