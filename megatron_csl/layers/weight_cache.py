@@ -149,6 +149,11 @@ class CompressedWeightCache:
         return _Entry(key, values, leaf, outputs[0])
 
 
+# A linear's own parameters (TE's fused LayerNorm+Linear adds the norm's); any other parameter
+# (e.g. a learned scale) turns the cache off for that module.
+_OWN_PARAMETERS = frozenset({"weight", "bias", "layer_norm_weight", "layer_norm_bias"})
+
+
 def cached_compression(module, weight: torch.Tensor, kind: str,
                        compute: Callable[[torch.Tensor], tuple]) -> tuple:
     """compute(weight) from `module._weight_cache` (a CompressedWeightCache), once per optimizer
@@ -158,7 +163,7 @@ def cached_compression(module, weight: torch.Tensor, kind: str,
     and for a format that sets `weight_is_deterministic = False` (e.g. noise drawn per forward).
     """
     if (not getattr(module.compression, "weight_is_deterministic", True)
-            or any(name not in ("weight", "bias") for name, _ in module.named_parameters())):
+            or any(name not in _OWN_PARAMETERS for name, _ in module.named_parameters())):
         return compute(weight)
     mode = "train" if module.training else "eval"
     return module._weight_cache.get(weight, f"{kind}:{mode}", compute)
