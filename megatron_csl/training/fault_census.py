@@ -63,7 +63,8 @@ class KillTrial:
     target_step: int
     delay_ms: float
     during_tmp: bool          # the .tmp directory still existed when the kill landed
-    leaked: int               # forked processes alive 2 s after the kill
+    children: int             # processes the trainer had forked, alive when the kill landed
+    leaked: int               # of those, alive 2 s after the kill
     resume_rc: int
     exact: bool
 
@@ -83,9 +84,11 @@ class KillCensus:
         failed = sum(t.resume_rc != 0 for t in self.trials)
         leaked = sum(t.leaked for t in self.trials)
         leaky = sum(t.leaked > 0 for t in self.trials)
+        children = sum(t.children > 0 for t in self.trials)
         return (f"kill -9 census: {n} trials ({during} during the .tmp write, {n - during} after "
                 f"it); resumed with every metrics row identical: {self.exact}/{n}; failed "
-                f"resumes: {failed}; forked processes left alive: {leaked} (in {leaky} trials)")
+                f"resumes: {failed}; trials with forked processes at the kill: {children}; "
+                f"forked processes left alive: {leaked} (in {leaky} trials)")
 
     @property
     def ok(self) -> bool:
@@ -138,7 +141,7 @@ def kill_trial(run_dir: Path, iters: int, target_step: int, delay_ms: float,
         except psutil.NoSuchProcess:
             pass
     rc = _run_to_end(run_dir, iters, timeout)
-    return KillTrial(target_step, delay_ms, during_tmp, len(left), rc,
+    return KillTrial(target_step, delay_ms, during_tmp, len(children), len(left), rc,
                      rc == 0 and comparable_rows(run_dir) == reference)
 
 
@@ -158,7 +161,8 @@ def kill_census(out: Path, trials: int, iters: int = 6, max_delay_ms: float = 12
         trial = kill_trial(out / f"trial{i:03d}", iters, step, delay, reference, timeout)
         results.append(trial)
         log(f"  trial {i}: kill {delay:5.1f} ms after save {step} began "
-            f"({'during .tmp' if trial.during_tmp else 'after rename'}), leaked {trial.leaked}, "
+            f"({'during .tmp' if trial.during_tmp else 'after rename'}), forked processes "
+            f"{trial.children}, left alive {trial.leaked}, "
             f"resume rc {trial.resume_rc}, rows {'identical' if trial.exact else 'DIFFER'}")
     return KillCensus(results, reference_rc)
 

@@ -18,15 +18,15 @@ def test_tiny_mode_runs_both_censuses_and_prints_the_counts(tmp_path):
                            "--json", str(tmp_path / "census.json")],
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert ("resumed with every metrics row identical: 1/1; failed resumes: 0; forked "
-            "processes left alive: 0") in proc.stdout
+    assert "resumed with every metrics row identical: 1/1; failed resumes: 0" in proc.stdout
+    assert "forked processes left alive: 0 (in 0 trials)" in proc.stdout
     assert "runs started more than once: 0; runs finished: 1/1" in proc.stdout
     assert '"exact": true' in (tmp_path / "census.json").read_text()
 
 
 def trial(**changes):
-    fields = dict(target_step=2, delay_ms=10.0, during_tmp=True, leaked=0, resume_rc=0,
-                  exact=True)
+    fields = dict(target_step=2, delay_ms=10.0, during_tmp=True, children=2, leaked=0,
+                  resume_rc=0, exact=True)
     fields.update(changes)
     return KillTrial(**fields)
 
@@ -39,8 +39,8 @@ def test_any_differing_row_failed_resume_or_leak_fails_the_census():
     census = KillCensus([trial(), trial(leaked=2, during_tmp=False), trial(exact=False)], 0)
     assert census.summary() == (
         "kill -9 census: 3 trials (2 during the .tmp write, 1 after it); resumed with every "
-        "metrics row identical: 2/3; failed resumes: 0; forked processes left alive: 2 (in 1 "
-        "trials)")
+        "metrics row identical: 2/3; failed resumes: 0; trials with forked processes at the "
+        "kill: 3; forked processes left alive: 2 (in 1 trials)")
     assert not KillCensus([trial()], 1).ok          # the reference run itself failed
 
 
