@@ -30,6 +30,24 @@ from .errors import ConfigError
 RUN_LOCK = "run.lock"
 SUBMIT_LOCK = "submit.lock"
 
+# Lock file descriptors held by this process. A forked child (checkpoint writer, data worker)
+# would share the lock through its copy of the descriptor and keep it alive after the holder
+# released it or died, so children close their copies right after the fork.
+_held_fds = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_held_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held_fds.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
+
 
 class RunDirLockedError(ConfigError):
     """Another live process holds this run directory. Exit code 2 (ConfigError)."""
@@ -97,6 +115,7 @@ class RunDirLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
         self._fd = fd
+        _held_fds.add(fd)
         return self
 
     def release(self) -> None:
@@ -106,6 +125,7 @@ class RunDirLock:
             os.ftruncate(self._fd, 0)   # an empty file: released cleanly
         except OSError:
             pass
+        _held_fds.discard(self._fd)
         os.close(self._fd)            # closing drops the flock
         self._fd = None
 

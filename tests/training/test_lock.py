@@ -89,3 +89,23 @@ def test_a_read_only_run_dir_is_a_named_error(tmp_path, capsys):
         assert "is not writable" in capsys.readouterr().err
     finally:
         run_dir.chmod(0o755)
+
+
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A checkpoint writer forked while the lock is held must not hold it after the holder."""
+    lock = RunDirLock(tmp_path).acquire()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                      # the child: outlives the holder's release
+        os.close(read)
+        os.write(write, b"x")
+        time.sleep(3)
+        os._exit(0)
+    try:
+        os.close(write)
+        assert os.read(read, 1) == b"x"
+        lock.release()
+        RunDirLock(tmp_path).acquire().release()   # free although the child still lives
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
