@@ -178,8 +178,10 @@ def cmd_submit(sweep, runs, args) -> int:
                              max_requeues=args.max_requeues, progress=not args.no_progress)
     results = executor.run()
     finished = sum(1 for rc in results.values() if rc == 0)
-    print(f"sweep {sweep.name}: {finished}/{len(todo)} runs finished this time")
-    return 0 if finished == len(todo) else 1
+    mine = len(todo) - len(executor.skipped)   # the others were run by another submit
+    taken = f" ({len(executor.skipped)} run by another submit)" if executor.skipped else ""
+    print(f"sweep {sweep.name}: {finished}/{mine} runs finished this time{taken}")
+    return 0 if finished == mine else 1
 
 
 def cmd_suggest(sweep, runs, args) -> int:

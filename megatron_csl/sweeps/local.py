@@ -68,6 +68,8 @@ class LocalExecutor:
         self.python, self.repo_dir, self.max_requeues = python, Path(repo_dir), max_requeues
         self.progress = progress
         self._stop_signal: Optional[int] = None
+        # Runs not started because another submit holds them or finished them meanwhile.
+        self.skipped: dict[str, str] = {}
         for run in self.runs:          # fail before starting anything
             local_command(run, sweep, python)
 
@@ -154,6 +156,7 @@ class LocalExecutor:
                     if lock is None:
                         bar.write(f"[sweep] skip {run.name}: {why_not}")
                         results[run.name] = None
+                        self.skipped[run.name] = why_not
                         bar.update(1)
                         continue
                     self._active[run.name] = self._start(run, lock)

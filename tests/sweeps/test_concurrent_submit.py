@@ -40,6 +40,8 @@ def test_two_submits_started_together_start_each_run_once(write_sweep, tmp_path,
         assert steps == list(range(1, 9)), outs
         RunDirLock(run_dir, SUBMIT_LOCK).acquire().release()    # released when the submit ended
     assert any("skip" in out for out in outs), outs
+    assert [p.returncode for p in procs] == [0, 0], outs   # a run taken by the other is no error
+    assert any("run by another submit" in out for out in outs), outs
 
 
 def test_an_unusable_output_dir_is_refused_before_submitting(write_sweep, tmp_path, capsys):
