@@ -63,6 +63,10 @@ class Decomposition:
     scale_row: Optional[torch.Tensor] = None
     scale_factor_levels: Optional[torch.Tensor] = None
     vector_dim: int = 1                       # weights per code (vector quantization: 2 or 4)
+    # Full-precision outliers (w<b>:out<p>): the same count per row; the codes (and `mask`, None)
+    # cover the other entries. outlier_columns int64 [rows, k] ascending, outlier_values [rows, k].
+    outlier_columns: Optional[torch.Tensor] = None
+    outlier_values: Optional[torch.Tensor] = None
 
     def __post_init__(self):
         if (self.values is None) == (self.codes is None):
@@ -183,6 +187,14 @@ def encode(dec: Decomposition) -> tuple[dict, dict[str, torch.Tensor]]:
     entry: dict = {"shape": [out_features, in_features], "dtype": dtype_name(dec.dtype)}
     arrays: dict[str, torch.Tensor] = {}
     kept = out_features * in_features
+    if dec.outlier_columns is not None:
+        if dec.mask is not None or in_features > 2**16:
+            raise ConversionError("outliers need an unpruned weight of at most 65536 inputs")
+        columns = dec.outlier_columns.reshape(out_features, -1)
+        arrays["outlier_columns"] = columns.to(torch.int32).to(torch.uint16).contiguous()
+        arrays["outlier_values"] = dec.outlier_values.to(dec.dtype).reshape(columns.shape).contiguous()
+        entry["outliers"] = {"per_row": columns.shape[1]}
+        kept -= columns.numel()
     if dec.mask is None:
         entry["sparsity"] = None
     elif dec.nm is not None and dec.nm[0] * _index_bits(dec.nm[1]) <= dec.nm[1]:
@@ -237,7 +249,12 @@ def decode(entry: dict, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
     dtype = DTYPES[entry["dtype"]]
     count = out_features * in_features
     sparsity = entry["sparsity"]
-    if sparsity is None:
+    outliers = entry.get("outliers")
+    if outliers is not None:  # the codes cover every entry but each row's outliers
+        columns = arrays["outlier_columns"].to(torch.int64)
+        mask = torch.ones(out_features, in_features, dtype=torch.bool)
+        mask.scatter_(1, columns, False)
+    elif sparsity is None:
         mask = None
     elif sparsity["kind"] == "nm":
         n, m = sparsity["n"], sparsity["m"]
@@ -276,4 +293,7 @@ def decode(entry: dict, arrays: dict[str, torch.Tensor]) -> torch.Tensor:
         from megatron_csl.compression.hadamard import block_hadamard
 
         weight = block_hadamard(weight, hadamard)
-    return weight.to(dtype)
+    weight = weight.to(dtype)
+    if outliers is not None:
+        weight.scatter_(1, columns, arrays["outlier_values"].to(dtype))
+    return weight

@@ -18,8 +18,10 @@ entries are 0. With Hadamard and sparsity (QuEST's rotate, prune, quantize) the 
 live in the rotated basis. Vector-quantized weights store one code per d-vector of the rotated
 row, an index into the format's Gaussian grid, times the row's RMS.
 
-Not packable (ConversionError naming the format): noise injection (nothing is stored
-compressed: the noise is drawn afresh every forward) and outlier-preserving formats.
+Outlier-preserving formats (`w4:out1`) store the codes of every other entry plus, per row, the
+outliers' column indices (uint16) and values (the weight's dtype). Not packable
+(ConversionError naming the format): noise injection (nothing is stored compressed: the noise
+is drawn afresh every forward).
 """
 from __future__ import annotations
 
@@ -136,7 +138,9 @@ def decompose(spec, weight: torch.Tensor) -> tuple[Decomposition, torch.Tensor]:
             keep, _ = spec.sparsity_format.mask(block_hadamard(x, had) if had else x, _local())
             if isinstance(spec.sparsity_format.pattern, tuple):
                 nm = tuple(spec.sparsity_format.pattern)
-        if quantizer is None:
+        if quantizer is not None and quantizer.outliers:
+            dec = _with_outliers(quantizer, x, shape, weight.dtype)
+        elif quantizer is None:
             dec = Decomposition(shape, weight.dtype, mask=keep, nm=nm,
                                 values=w_hat[keep] if keep is not None else w_hat.reshape(-1))
         else:
@@ -152,6 +156,21 @@ def decompose(spec, weight: torch.Tensor) -> tuple[Decomposition, torch.Tensor]:
     return dec, w_hat
 
 
+def _with_outliers(quantizer, x, shape, dtype) -> Decomposition:
+    """Codes of the non-outliers (statistics over them, as outliers.py) + the outliers."""
+    from megatron_csl.compression.outliers import outlier_mask
+
+    outliers = outlier_mask(x, quantizer.outliers, _local())
+    rest = _quantized(quantizer, x, ~outliers, None, shape, dtype)
+    per_row = int(outliers[0].sum()) if shape[0] else 0
+    columns = torch.sort(outliers.to(torch.int8).argsort(dim=1, descending=True, stable=True)
+                         [:, :per_row], dim=1).values
+    rest.mask = None
+    rest.outlier_columns = columns
+    rest.outlier_values = torch.gather(x, 1, columns)
+    return rest
+
+
 def _check_packable(spec) -> None:
     weight = spec.weight
     if weight is None:
@@ -159,10 +178,6 @@ def _check_packable(spec) -> None:
     if weight.kind == "noise":
         raise ConversionError(f"{spec.canonical}: noise injection stores nothing compressed (the "
                               "noise is drawn afresh every forward); export the dense weights")
-    if weight.outliers:
-        raise ConversionError(f"{spec.canonical}: the packed format has no field for full-precision "
-                              "outliers yet; packable weight formats: w<b>, fp<x>, vq<d>:<bits> "
-                              "with or without sparsity")
 
 
 def _local():

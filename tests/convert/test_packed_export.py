@@ -12,7 +12,7 @@ from megatron_csl.convert.packed_export import (MANIFEST, TENSORS_FILE, export_p
 from .helpers import loaded_model
 
 
-@pytest.mark.parametrize("compression", ["w4", "s50+w4", "w1.58", "dense"])
+@pytest.mark.parametrize("compression", ["w4", "s50+w4", "w1.58", "dense", "vq2:2,had64", "w4:out2"])
 def test_unpacking_restores_the_compressed_model(tmp_path, compression):
     loaded = loaded_model(compression)
     manifest = export_packed(loaded, tmp_path, progress=False)
@@ -32,7 +32,8 @@ def test_unpacking_restores_the_compressed_model(tmp_path, compression):
         assert lin["tensors"] == 8
         # Codes at their bit width: far below 16 bits per weight (rows of 64-128 inputs carry a
         # 32-bit scale, hence the slack).
-        assert lin["bits_per_weight"] < {"w4": 4.6, "s50+w4": 3.6, "w1.58": 2.2}[compression]
+        assert lin["bits_per_weight"] < {"w4": 4.6, "s50+w4": 3.6, "w1.58": 2.2, "vq2:2,had64": 2.6,
+                                         "w4:out2": 5.2}[compression]
         assert lin["ratio_vs_bf16"] > 3
         assert "bits/weight" in format_size_report(manifest)
 

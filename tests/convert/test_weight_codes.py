@@ -17,7 +17,7 @@ EXTRA = ["w4:g32", "w4:tensor", "w3:absmax", "fp4:mx", "fp4:nv", "fp8:e5m2", "w4
          "s50:tensor+w2", "s75:nm32/128", "s50:nm2/4+w1.58", "s50+fp4",
          # issue 17: vector codes, Hadamard + sparsity (mask in the rotated basis), float trust
          "vq2:2", "vq4:2", "vq2:3,had64", "vq2:4", "s50:nm4/8+w4:had,trust", "s50+fp4:had",
-         "fp4:trust"]
+         "fp4:trust", "w4:out1", "w2:zero,g32,out2,trust", "w1.58:out1"]
 ROWS, COLS = 24, 128
 
 
@@ -115,8 +115,23 @@ def test_hadamard_sparsity_stores_the_rotated_mask():
     assert entry["kept"] == ROWS * COLS // 2
 
 
-@pytest.mark.parametrize("spec_text,fragment", [("noise:w4", "noise injection"),
-                                                ("w4:out1", "outliers")])
+def test_outliers_are_stored_as_columns_and_values():
+    w = _weight(torch.bfloat16)
+    spec, entry, arrays = _round_trip("w4:out2", w)
+    per_row = 2 * COLS // 100  # floor(2% of 128) = 2
+    assert entry["outliers"] == {"per_row": per_row}
+    assert arrays["outlier_columns"].dtype == torch.uint16
+    assert arrays["outlier_values"].shape == (ROWS, per_row)
+    assert entry["kept"] == ROWS * (COLS - per_row)
+    top = w.float().abs().topk(per_row, dim=1).indices.sort(dim=1).values
+    assert torch.equal(arrays["outlier_columns"].to(torch.int64)[[0, 7]], top[[0, 7]])
+    # bits: 4-bit codes for the rest, 16 + 16 bits per outlier, fp32 row scales
+    per_weight = 8 * (array_bytes(arrays) - arrays["levels"].numel() * 4) / (ROWS * COLS)
+    expected = 4 * (COLS - per_row) / COLS + 32 * per_row / COLS + 32 / COLS
+    assert per_weight == pytest.approx(expected, abs=0.02)
+
+
+@pytest.mark.parametrize("spec_text,fragment", [("noise:w4", "noise injection")])
 def test_unpackable_formats_are_refused_by_name(spec_text, fragment):
     with pytest.raises(ConversionError, match=fragment) as err:
         decompose(parse_spec(spec_text), _weight(torch.float32))
