@@ -31,7 +31,7 @@ VALID_HEADS = ("dense, bf16, w<b>, w<b>a<c>, a<c> (b, c in 1..8 or 1.58), fp<x>,
                "afp<y> (x, y in 4, 6, 8), vq<d>:<bits> (" + vector.valid_formats() + "), "
                "noise:<weight format>, s<p> (0 < p < 100), as<p> (0 < p < 100)")
 INT_OPTIONS = ("sym, zero, rms, absmax, absmean, row, tensor, g<size>, had, had<size>, out<p>, "
-               "ste, trust")
+               "ste, trust, lsq, pact")
 FLOAT_OPTIONS = ("e4m3, e5m2 (fp8), e2m3, e3m2 (fp6), e2m1 (fp4), row, tensor, mx, nv, had, "
                  "had<size>, ste, trust")
 VECTOR_OPTIONS = "<bits> first, then had, had<size>, ste, trust"
@@ -101,6 +101,14 @@ def _parse_text(text: str) -> CompressionSpec:
         raise ctx.error(f"'{found['weight'][0]}' cannot be combined with weight sparsity "
                         f"('{found['sparsity'][0]}'); sparsity combines with w<b> and fp<x> "
                         f"formats")
+    activation = found.get("activation", (None, None))[1]
+    if "activation sparsity" in found and getattr(activation, "learned", ""):
+        raise ctx.error(f"'{activation.learned}' (a learned step) cannot be combined with "
+                        f"activation sparsity ('{found['activation sparsity'][0]}'); drop one "
+                        f"of them")
+    if sparsity is not None and getattr(weight, "learned", ""):
+        raise ctx.error(f"'{weight.learned}' (a learned step) cannot be combined with sparsity; "
+                        f"drop one of them")
     if sparsity is not None and weight is not None and weight.outliers:
         raise ctx.error(f"outliers ('{found['weight'][0]}') cannot be combined with weight "
                         f"sparsity ('{found['sparsity'][0]}'); drop one of them")
@@ -175,6 +183,8 @@ def _parse_int(groups: dict, head: str, options: list[str], ctx: _Ctx):
             _set_once(chosen, "estimator", o, ctx)
         elif re.fullmatch(r"out[0-9.]+", o):
             _set_once(chosen, "outliers", o, ctx)
+        elif o in ("lsq", "pact"):
+            _set_once(chosen, "learned", o, ctx)
         else:
             raise ctx.error(f"unknown option '{o}' for '{head}'; valid: {INT_OPTIONS}")
     grid = chosen.get("grid", "sym")
@@ -188,6 +198,8 @@ def _parse_int(groups: dict, head: str, options: list[str], ctx: _Ctx):
         raise ctx.error(f"option '{chosen['granularity']}' does not apply to activations "
                         f"(always per token); valid for '{head}': sym, zero, rms, absmax, "
                         f"absmean, had, had<size>, ste, trust")
+    if "learned" in chosen:
+        _check_learned(chosen, w_bits, head, ctx)
     bits = [b for b in (w_bits, a_bits) if b is not None]
     if grid == "zero":
         if all(b == TERNARY for b in bits):
@@ -199,7 +211,7 @@ def _parse_int(groups: dict, head: str, options: list[str], ctx: _Ctx):
     outliers = _outlier_percent(chosen.get("outliers"), w_bits, a_bits, "had" in chosen, head, ctx)
     common = dict(scale=chosen.get("scale", "rms"),
                   had=_had_block(chosen["had"], ctx) if "had" in chosen else 0,
-                  estimator=chosen.get("estimator", "ste"))
+                  estimator=chosen.get("estimator", "ste"), learned=chosen.get("learned", ""))
     out = []
     if w_bits is not None:
         out.append(("weight", IntQuant(w_bits, grid if w_bits != TERNARY else "sym",
@@ -208,6 +220,23 @@ def _parse_int(groups: dict, head: str, options: list[str], ctx: _Ctx):
         out.append(("activation", IntQuant(a_bits, grid if a_bits != TERNARY else "sym",
                                            granularity="row", **common)))
     return out
+
+
+def _check_learned(chosen: dict, w_bits, head: str, ctx: _Ctx) -> None:
+    """lsq / pact learn the step (clip) in the model: no scale rule, estimator, Hadamard or group
+    may be combined with them, and pact clips activations only."""
+    learned = chosen["learned"]
+    if learned == "pact" and w_bits is not None:
+        raise ctx.error(f"'pact' learns a clip for activations only; '{head}' quantizes weights "
+                        f"(write e.g. 'w4+a4:pact', or 'lsq' to learn weight steps)")
+    for category in ("scale", "estimator", "had", "outliers"):
+        if category in chosen:
+            raise ctx.error(f"'{learned}' learns its step and has its own gradient; it cannot be "
+                            f"combined with '{chosen[category]}'; valid with '{learned}': sym, zero"
+                            + (", row" if learned == "lsq" else ""))
+    if chosen.get("granularity", "row") != "row":
+        raise ctx.error(f"'{learned}' learns one step per output row (weights) and one per "
+                        f"tensor (activations); '{chosen['granularity']}' is not available with it")
 
 
 def _float_format_bits(text: str, ctx: _Ctx) -> int:

@@ -58,6 +58,7 @@ class IntQuant:
     had: int = 0                   # Hadamard block size, 0 = none
     estimator: str = "ste"         # "ste" | "trust"
     outliers: float = 0.0          # percent of each row kept in full precision (weights only)
+    learned: str = ""              # "" | "lsq" | "pact": the step is a model parameter (learned.py)
 
     kind = "int"
 
@@ -204,6 +205,8 @@ class IntQuant:
             out.append(f"out{_number(self.outliers)}")
         if self.estimator != "ste":
             out.append(self.estimator)
+        if self.learned:
+            out.append(self.learned)
         return out
 
 

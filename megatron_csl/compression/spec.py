@@ -116,6 +116,19 @@ class CompressionSpec:
     def compresses_activations(self) -> bool:
         return self.activation is not None or self.activation_sparsity_format is not None
 
+    @property
+    def learned(self) -> bool:
+        """True when a part's step is a model parameter (lsq, pact; see learned.py): the layer
+        applies it with its own parameters, compress_weight / quantize_activation cannot."""
+        return any(getattr(q, "learned", "") for q in (self.weight, self.activation))
+
+    def _refuse_learned(self, quantizer, what: str) -> None:
+        if getattr(quantizer, "learned", ""):
+            raise SpecError(f"{self.canonical}: the {what} step of '{quantizer.learned}' is a "
+                            f"parameter of the compressed linear layer (local impl), not a "
+                            f"function of the tensor; apply it through the layer "
+                            f"(megatron_csl.layers.learned)")
+
     # ---- shapes --------------------------------------------------------------------------------
     def validate_shape(self, out_features: int, in_features_local: int) -> None:
         """SpecError if a block of this format (N:M's M, group, Hadamard, mx/nv block) does not
@@ -138,6 +151,7 @@ class CompressionSpec:
         """Compressed weight [out, in_local] (same shape and dtype), gradient per estimator."""
         if not self.compresses_weights:
             return w
+        self._refuse_learned(self.weight, "weight")
         if w.dim() != 2:
             raise SpecError(f"{self.canonical}: compress_weight expects a 2-D weight [out, in], "
                             f"got shape {tuple(w.shape)}")
@@ -171,6 +185,7 @@ class CompressionSpec:
         """Quantized activation [..., in_local], per-token statistics over the last dimension."""
         if not self.compresses_activations:
             return x
+        self._refuse_learned(self.activation, "activation")
         if x.dim() < 1 or x.shape[-1] == 0:
             raise SpecError(f"{self.canonical}: quantize_activation needs a last dimension, "
                             f"got shape {tuple(x.shape)}")
@@ -202,6 +217,8 @@ class CompressionSpec:
         if not (isinstance(w, IntQuant) and isinstance(a, IntQuant)) or w.had or a.had:
             return False
         if w.outliers or self.activation_sparsity_format is not None:
+            return False
+        if self.learned:  # the layer's learned steps, not integer_operand, quantize these
             return False
         if w.granularity not in ("row", "tensor"):
             return False
@@ -245,7 +262,7 @@ def _combined_token(w: Quantizer, a: Quantizer) -> str | None:
         # The combined token's grid option applies to every non-ternary part.
         grids = {q.grid for q in (w, a) if not q.ternary} or {"sym"}
         if len(grids) > 1 or a.granularity != "row" or w.outliers or (
-                a.scale, a.had, a.estimator) != (w.scale, w.had, w.estimator):
+                a.scale, a.had, a.estimator, a.learned) != (w.scale, w.had, w.estimator, w.learned):
             return None
         shared = dataclasses.replace(w, bits=2, grid=grids.pop())
         return _token(f"w{format_bits(w.bits)}a{format_bits(a.bits)}", shared.options())

@@ -69,12 +69,47 @@ class _CompressedLinear:
         self._int8_gemm = (not sharded and int8_gemm_reason(self.compression,
                                                             self.input_size) is None)
         self._weight_cache = CompressedWeightCache()
+        self.learned_scales = None
+        if self.compression.learned:  # lsq / pact: the steps are parameters of this layer
+            from .learned import LearnedScales
+
+            self.learned_scales = LearnedScales(self.compression, weight_shard[0], self.input_size,
+                                                group, weight_split_dim,
+                                                input_split or self.sequence_parallel,
+                                                getattr(self.weight, "partition_stride", 1))
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        sharded = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        if self.learned_scales is None or not self.learned_scales.row_split_names():
+            return sharded
+        # Per-row LSQ steps of a ColumnParallel weight are split with its rows (megatron's map
+        # only names weight/bias; everything else it treats as replicated).
+        from megatron.core.transformer.utils import make_sharded_tensors_for_checkpoint
+
+        names = {f"learned_scales.{n}": 0 for n in self.learned_scales.row_split_names()}
+        state = {n: t for n, t in self.state_dict(prefix="", keep_vars=True).items() if n in names}
+        rows = make_sharded_tensors_for_checkpoint(state, prefix, names, sharded_offsets,
+                                                   tp_group=self.tp_group,
+                                                   dp_cp_group=metadata["dp_cp_group"])
+        if getattr(self.weight, "partition_stride", 1) == 2:
+            # A SwiGLU fc1 (megatron's MLP stores its weight this way too): each rank holds its
+            # slice of the gate rows and of the up rows.
+            from megatron.core.transformer.mlp import apply_swiglu_sharded_factory
+
+            rows = {k: apply_swiglu_sharded_factory(v, sharded_offsets,
+                                                    metadata.get("singleton_local_shards", False))
+                    for k, v in rows.items()}
+        sharded.update(rows)
+        return sharded
 
     def _cached(self, weight, kind: str, compute):
         return cached_compression(self, weight, kind, compute)
 
     def _forward_impl(self, input, weight, *args, **kwargs):
         spec = self.compression
+        if self.learned_scales is not None:
+            input, weight = self.learned_scales(input, weight, self.shard)
+            return super()._forward_impl(input, weight, *args, **kwargs)
         if self._runs_on_int8(input, weight, kwargs.get("bias")):
             from megatron_csl.kernels.int8 import int8_linear
 
