@@ -8,10 +8,33 @@ weight-only quantization buys no compute.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 COST_MODES = ("linear", "quadratic")
+
+# A format key is a canonical spec, optionally followed by "@<method>" naming how a run reached
+# that format when it was not trained in it: "w4@ptq-rtn", "w4@ptq-gptq" (tools/ptq.py). Runs
+# with different methods are different formats to the fitter (each its own multiplier); bits and
+# Gaussian MSE are the spec's.
+METHOD_SEPARATOR = "@"
+_METHOD = re.compile(r"[a-z0-9][a-z0-9-]*")
+
+
+def split_format_key(key: str) -> tuple[str, str | None]:
+    """("w4", "ptq-rtn") for "w4@ptq-rtn", ("w4", None) for "w4"; ValueError on a bad method."""
+    spec, sep, method = key.partition(METHOD_SEPARATOR)
+    if not sep:
+        return key, None
+    if not _METHOD.fullmatch(method):
+        raise ValueError(f"format {key!r}: the method after '{METHOD_SEPARATOR}' must be lower-case "
+                         f"letters, digits and '-' (e.g. 'w4{METHOD_SEPARATOR}ptq-gptq'), got {method!r}")
+    return spec, method
+
+
+def format_key(spec: str, method: str | None = None) -> str:
+    return spec if method is None else f"{spec}{METHOD_SEPARATOR}{method}"
 
 
 @dataclass(frozen=True)
@@ -46,9 +69,10 @@ def format_info(spec: str) -> FormatInfo:
         return DENSE_INFO  # no torch import for dense-only fits
     from megatron_csl.compression import parse_spec
 
-    s = parse_spec(spec)
-    return FormatInfo(s.canonical, float(s.w_bits), float(s.a_bits), float(s.sparsity),
-                      float(s.effective_w_bits))
+    base, method = split_format_key(spec)
+    s = parse_spec(base)
+    return FormatInfo(format_key(s.canonical, method), float(s.w_bits), float(s.a_bits),
+                      float(s.sparsity), float(s.effective_w_bits))
 
 
 @lru_cache(maxsize=None)
@@ -58,7 +82,7 @@ def gmse_parts(spec: str):
         return (None, None)
     from megatron_csl.compression import gaussian_mse_parts
 
-    return gaussian_mse_parts(spec)
+    return gaussian_mse_parts(split_format_key(spec)[0])
 
 
 def precision_bits(spec: str) -> tuple[float, float]:

@@ -43,14 +43,18 @@ class Run:
 
 
 def canonical_spec(spec) -> str:
-    """Canonical form of a compression spec; raises SpecError (a ValueError) when invalid."""
+    """Canonical form of a compression spec or format key ("w4@ptq-gptq", see
+    formats.split_format_key); raises SpecError (a ValueError) when invalid."""
     if spec is None or (isinstance(spec, str) and spec.strip() in ("", DENSE)):
         return DENSE
     if not isinstance(spec, str):
         raise ValueError(f"compression must be a string, got {spec!r}")
     from megatron_csl.compression import parse_spec  # imports torch: only for compressed specs
 
-    return parse_spec(spec.strip()).canonical
+    from .formats import format_key, split_format_key
+
+    base, method = split_format_key(spec.strip())
+    return format_key(parse_spec(base).canonical, method)
 
 
 def _positive_finite(name, value):
