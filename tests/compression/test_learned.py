@@ -45,6 +45,8 @@ def test_learned_parts_are_where_the_spec_says():
     ("w4:lsq,tensor", ["'tensor' is not available"]),
     ("w4:lsq,pact", ["conflicting learned options 'lsq' and 'pact'"]),
     ("s50+w4:lsq", ["cannot be combined with sparsity"]),
+    ("w4:out1,lsq", ["cannot be combined with 'out1'"]),
+    ("as50+a4:pact", ["cannot be combined with activation sparsity ('as50')"]),
     ("fp4:lsq", ["unknown option 'lsq' for 'fp4'"]),
     ("w4:lsqq", ["unknown option 'lsqq'", "lsq, pact"]),
 ])
@@ -234,7 +236,8 @@ def test_layer_output_and_gradients_are_lsq_and_pact(megatron_cpu, kind):
     learned parameters get their gradients (g uses the full input dimension)."""
     import torch.nn.functional as F
 
-    for fmt in ("w4a4:lsq", "w4:lsq+a4:pact"):
+    fixed_activation = {"w4:lsq+a8": "a8", "as50+w4:lsq": "as50"}
+    for fmt in ("w4a4:lsq", "w4:lsq+a4:pact", "w4:lsq+a8", "as50+w4:lsq"):
         torch.manual_seed(0)
         layer = _layer(kind, fmt)
         x = torch.randn(8, 2, 64, requires_grad=True)
@@ -248,7 +251,11 @@ def test_layer_output_and_gradients_are_lsq_and_pact(megatron_cpu, kind):
         x_ref = x.detach().clone().requires_grad_(True)
         g = 1 / math.sqrt(64 * 8)
         wq = lq.lsq_quantize(spec.weight, w_ref, w_step, g)
-        if spec.activation.learned == "pact":
+        if fmt in fixed_activation:   # a fixed-rule activation part beside a learned weight
+            a = None
+            xq = parse_spec(fixed_activation[fmt]).quantize_activation(x_ref)
+            assert not torch.equal(xq, x_ref)
+        elif spec.activation.learned == "pact":
             a = sc.input_clip.detach().clone().requires_grad_(True)
             xq = lq.pact_quantize(spec.activation, x_ref, a)
         else:
@@ -257,7 +264,8 @@ def test_layer_output_and_gradients_are_lsq_and_pact(megatron_cpu, kind):
         (F.linear(xq, wq) * weights).sum().backward()
         assert torch.allclose(out, F.linear(xq, wq), rtol=1e-6, atol=1e-5)
         assert torch.allclose(sc.weight_step_offset.grad, w_step.grad.reshape(-1), rtol=1e-5, atol=1e-8)
-        param = sc.input_clip if spec.activation.learned == "pact" else sc.input_step_offset
-        assert torch.allclose(param.grad, a.grad, rtol=1e-5, atol=1e-8)
+        if a is not None:
+            param = sc.input_clip if spec.activation.learned == "pact" else sc.input_step_offset
+            assert torch.allclose(param.grad, a.grad, rtol=1e-5, atol=1e-8)
         assert torch.allclose(x.grad, x_ref.grad, rtol=1e-5, atol=1e-6)
         assert sc.weight_step_offset.grad.abs().sum() > 0
