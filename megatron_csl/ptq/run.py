@@ -142,13 +142,16 @@ def _forward_loss(model, batch) -> float:
 def validation_loss(model, plan, valid_dataset) -> float:
     """The trainer's evaluate at DP=1: eval_iters global batches from validation sample 0, each
     the mean of its micro-batches' token-mean losses; the mean over the global batches."""
+    from megatron_csl.training import data as data_mod
+
     model.eval()
     gbs, mbs = plan.global_batch_size, plan.micro_batch_size
+    eval_iters = data_mod.samples_needed(plan)[1] // gbs   # the trainer's validation samples
     total = 0.0
-    for k in range(plan.args.eval_iters):
+    for k in range(eval_iters):
         batches = _micro_batches(valid_dataset, k * gbs, gbs, mbs)
         total += sum(_forward_loss(model, b) for b in batches) / len(batches)
-    return total / plan.args.eval_iters
+    return total / eval_iters
 
 
 # ---- quantization -------------------------------------------------------------------------------
