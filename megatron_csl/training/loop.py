@@ -318,6 +318,9 @@ class Trainer:
                 f"D={plan.train_tokens:,} tokens ({plan.tokens_per_param:.1f}/param), "
                 f"{plan.train_iters} iterations of {plan.global_batch_size}x{plan.seq_length}, "
                 f"compression {plan.compression}, TP={plan.tp} PP={plan.pp} DP={plan.dp}")
+        where = (f"run records and checkpoints in {plan.run_dir}" if plan.save_dir == plan.run_dir
+                 else f"run records in {plan.run_dir}, checkpoints in {plan.save_dir}")
+        _print0(f"[pretrain] {where}; training in {plan.precision}")
         try:
             return self._loop()
         finally:

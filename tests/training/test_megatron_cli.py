@@ -136,6 +136,8 @@ def test_megatron_llama_example_runs_resumes_and_starts_quietly(tmp_path):
     assert (ckpt / "latest_checkpointed_iteration.txt").read_text().strip() == "3"
     assert (ckpt / "iter_0000003" / "metadata.json").is_file()
     assert "no checkpoint there yet; starting fresh" in first.stdout
+    assert f"run records and checkpoints in {ckpt}; training in fp32" in first.stdout \
+        or torch.cuda.is_available()
     for noise in ("Apex", "Transformer Engine", "Warning", "warn("):
         assert noise not in first.stderr, first.stderr
     assert "--bf16: needs a GPU" in first.stderr or torch.cuda.is_available()
