@@ -154,6 +154,14 @@ class CompressedWeightCache:
 _OWN_PARAMETERS = frozenset({"weight", "bias", "layer_norm_weight", "layer_norm_bias"})
 
 
+def _weight_is_deterministic(spec) -> bool:
+    """False for formats whose compressed weight is random: noise injection (`noise:w4`) draws
+    fresh noise every forward, which a cache would freeze for a whole step."""
+    if not getattr(spec, "weight_is_deterministic", True):
+        return False
+    return getattr(getattr(spec, "weight", None), "kind", None) != "noise"
+
+
 def cached_compression(module, weight: torch.Tensor, kind: str,
                        compute: Callable[[torch.Tensor], tuple]) -> tuple:
     """compute(weight) from `module._weight_cache` (a CompressedWeightCache), once per optimizer
@@ -162,7 +170,7 @@ def cached_compression(module, weight: torch.Tensor, kind: str,
     weight and bias (e.g. learned scales: their gradients would not flow through the kept graph)
     and for a format that sets `weight_is_deterministic = False` (e.g. noise drawn per forward).
     """
-    if (not getattr(module.compression, "weight_is_deterministic", True)
+    if (not _weight_is_deterministic(module.compression)
             or any(name not in _OWN_PARAMETERS for name, _ in module.named_parameters())):
         return compute(weight)
     mode = "train" if module.training else "eval"

@@ -131,6 +131,10 @@ def test_no_cache_for_learned_parameters_or_random_formats(megatron_cpu, count_c
     inputs, ups = _data(3)
     _micro_batches(layer, inputs, ups)
     assert len(count_compress) == 3
+    layer = _layer("column", "noise:w4")  # fresh noise every forward: never cached
+    count_compress.clear()
+    _micro_batches(layer, inputs, ups)
+    assert len(count_compress) == 3
     layer = _layer("column", "w4")
     monkeypatch.setattr(CompressionSpec, "weight_is_deterministic", False, raising=False)
     count_compress.clear()
