@@ -1,7 +1,7 @@
 """Gaussian noise injection `noise:<weight format>` (e.g. `noise:w4`), the paper's optimality-gap
 tool: instead of quantizing, add Gaussian noise whose variance is the format's Gaussian MSE times
-each row's mean square, w + sqrt(GMSE) * RMS(row) * n, n ~ N(0, 1) drawn afresh every time the
-weight is compressed (in the layers: once per optimizer step, megatron_csl/layers/weight_cache.py).
+each row's mean square, w + sqrt(GMSE) * RMS(row) * n, n ~ N(0, 1) drawn afresh in every forward
+(CompressionSpec.weight_is_deterministic is False, so the layers never cache the noisy weight).
 On Gaussian weights this has exactly the format's MSE, without its structure. Backward:
 straight-through. Weights stay in full precision (16 bits): noise emulates a format, it stores
 nothing compressed.

@@ -113,6 +113,12 @@ class CompressionSpec:
         return self.weight is not None or self.sparsity_format is not None
 
     @property
+    def weight_is_deterministic(self) -> bool:
+        """False when compress_weight draws random numbers (noise injection): the same weight
+        then gives a different result every call, so it must not be cached."""
+        return not isinstance(self.weight, NoiseInjection)
+
+    @property
     def compresses_activations(self) -> bool:
         return self.activation is not None or self.activation_sparsity_format is not None
 

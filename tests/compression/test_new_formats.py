@@ -134,6 +134,8 @@ def test_noise_backward_is_straight_through_and_capacity_is_its_format():
         assert gaussian_mse(f"noise:{target}") == gaussian_mse(target)
         assert predicted_epm(f"noise:{target}") == predicted_epm(target)
     assert parse_spec("noise:w4").w_bits == 16.0  # it stores nothing compressed
+    assert not parse_spec("noise:w4").weight_is_deterministic  # layers must not cache it
+    assert all(parse_spec(t).weight_is_deterministic for t in ("w4", "vq2:2", "as50", "dense"))
 
 
 # ---- activation sparsity ------------------------------------------------------------------------
