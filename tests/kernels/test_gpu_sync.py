@@ -41,3 +41,35 @@ def test_compression_path_never_synchronizes(text, dtype, mode):
         finally:
             torch.cuda.set_sync_debug_mode(previous)
     assert all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("text", ["w4", "w4a4", "w8a8", "s50+w4", "s50:nm2/4", "fp8"])
+def test_compressed_layer_never_synchronizes(megatron_cpu, text):
+    """The whole compressed linear (megatron's matmul, the weight cache, the int8 GEMM of
+    w8a8/w4a4 in bf16) over two micro-batches, after a warm-up step."""
+    from megatron_csl.layers import CompressedColumnParallelLinear
+    from megatron_csl.model import ModelShape, llama_transformer_config
+
+    config = llama_transformer_config(ModelShape(1, 1024, 8, 2816), bf16=True,
+                                      use_cpu_initialization=True)
+    layer = CompressedColumnParallelLinear(
+        1024, 2816, config=config, init_method=torch.nn.init.normal_, bias=False,
+        skip_bias_add=True, gather_output=False, compression=text).cuda().bfloat16()
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(512, 2, 1024, device="cuda", generator=g).bfloat16()
+
+    def micro_batches():
+        for _ in range(2):
+            out, _ = layer(x.detach().requires_grad_(True))
+            out.float().sum().backward()
+
+    micro_batches()
+    layer.weight.grad = None
+    torch.cuda.synchronize()
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        micro_batches()
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+    assert torch.isfinite(layer.weight.grad).all()
