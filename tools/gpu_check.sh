@@ -109,15 +109,15 @@ step() {
     echo "$name: $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"
 }
 
-step tests 110 tests.txt \
+step tests 130 tests.txt \
     "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" "${TESTS[@]}"
 step kernels 30 kernels.txt "$PY" tools/bench_kernels.py "${SMOKE[@]}" --json "$OUT/kernels.json"
-step step_308m 150 step.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_308M[@]}" \
+step step_308m 140 step.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_308M[@]}" \
     "${PLAIN[@]}" --json "$OUT/step.json"
 step step_1b 110 step_1b.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_1B[@]}" \
     --formats dense,w4a4,w8a8,fp8 "${PLAIN[@]}" --json "$OUT/step_1b.json"
 if "$PY" -c "import transformer_engine.pytorch" 2>/dev/null && [ "$SMOKE_MODE" = 0 ]; then
-    step te 50 te.txt "$PY" tools/bench_step.py "${SHAPE_1B[@]}" --transformer-impl te \
+    step te 40 te.txt "$PY" tools/bench_step.py "${SHAPE_1B[@]}" --transformer-impl te \
         --attention megatron --formats dense --fp8-rows hybrid:delayed,hybrid:tensorwise,e4m3:delayed --plain none \
         --json "$OUT/te.json"
 else
