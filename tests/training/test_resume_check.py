@@ -98,6 +98,14 @@ def test_a_signal_before_the_first_step_does_not_claim_a_checkpoint(tmp_path, ca
     assert not (run_dir / "checkpoints").exists()
 
 
+def test_settings_are_read_from_the_typed_config_and_from_older_flat_args():
+    old = {"args": {"weight_decay": 0.1, "adam_beta2": 0.95}}
+    new = {"config": {"optimizer": {"weight_decay": 0.1, "adam_beta2": 0.95}}}
+    assert differences(old, new) == []
+    new["config"]["optimizer"]["adam_beta2"] = 0.99
+    assert differences(old, new) == ["adam_beta2: was 0.95, now 0.99"]
+
+
 def test_differences_ignore_how_the_run_is_executed():
     recorded = {"model": {"num_layers": 2, "padded_vocab_size": 256}, "N": 10, "lr": 1e-3,
                 "parallel": {"tp": 1}, "args": {"weight_decay": 0.1, "log_interval": 10}}
