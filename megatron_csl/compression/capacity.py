@@ -33,7 +33,7 @@ MONTE_CARLO_ENTRIES = 2**22
 
 @dataclass(frozen=True)
 class CapacityParams:
-    """rho(g) = Lc * tanh(F * log_{1/4}(g))^C (defaults: the Llama/C4 fit in REFERENCE.md)."""
+    """rho(g) = Lc * tanh(F * log_{1/4}(g))^C (defaults: the Llama/C4 fit of Panferov et al. 2025, arXiv 2506.01863)."""
 
     Lc: float = 1.0
     F: float = 0.41

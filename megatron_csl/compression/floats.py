@@ -100,7 +100,7 @@ def round_to_format(y: torch.Tensor, name: str) -> torch.Tensor:
 def optimal_format_scale(name: str) -> tuple[float, float]:
     """(scale, GMSE): the scale s minimising the MSE of s * round(x / s) on N(0, 1), exact.
 
-    E.g. FP4 E2M1: s = 0.48708 (REFERENCE.md). Float formats have many local minima (roughly
+    E.g. FP4 E2M1: s = 0.48708 (QuEST, Panferov et al. 2025, arXiv 2502.05003). Float formats have many local minima (roughly
     periodic in log2 s), so the search scans a log grid from "the largest value sits at 1 sigma"
     over 2^12 of range before refining.
     """

@@ -1,6 +1,6 @@
 """Chinchilla approach 3 done right: multi-start L-BFGS-B on the summed Huber loss.
 
-Protocol (REFERENCE.md, after Epoch AI's replication): log-sum-exp parametrisation, Huber
+Protocol (Chinchilla approach 3 as replicated by Epoch AI, Besiroglu et al. 2024, arXiv 2404.10102): log-sum-exp parametrisation, Huber
 delta = 1e-3 on log loss summed over runs, L-BFGS-B with the analytic gradient from Epoch's grid
 of 4,500 starts, best optimum kept.
 

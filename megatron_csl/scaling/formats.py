@@ -1,7 +1,7 @@
 """What the fitter needs to know about a format, from ``megatron_csl.compression``.
 
 Bits for the table and size gain, the Gaussian MSE parts for the capacity law, and the compute
-cost factor for Pareto plots (REFERENCE.md): linear counting makes a b-bit matmul cost b/16 of
+cost factor for Pareto plots (Frantar et al. 2025, arXiv 2502.16440): linear counting makes a b-bit matmul cost b/16 of
 bf16, quadratic (b_w * b_a) / 256; sparsity s multiplies either by (1 - s). For linear counting b is
 the wider operand, max(b_w, b_a): a matmul with one 16-bit operand runs at 16-bit speed, so
 weight-only quantization buys no compute.

@@ -1,6 +1,6 @@
 """The three laws ``tools/fit_laws.py`` fits, as parameter layouts over one shared objective.
 
-All of them are ``L = a / (N * eff(C))^b + c / D^d + e`` (REFERENCE.md), fitted in log space as
+All of them are ``L = a / (N * eff(C))^b + c / D^d + e`` (Frantar et al. 2025, arXiv 2502.16440), fitted in log space as
 ``LSE(log a - b*(log N + log eff), log c - d*log D, log e)``:
 
 - ``chinchilla``: one format, eff = 1 (Hoffmann et al.'s ``E + A/N^alpha + B/D^beta``).
@@ -43,7 +43,7 @@ LOG_GAMMA_BOUNDS = (math.log(0.05), math.log(100.0))
 GAMMA_START = 2.7
 REFERENCE_BITS = 16.0   # bf16: the dense reference of the precision law
 
-# Epoch AI's replication grid for Chinchilla approach 3 (REFERENCE.md): 6*5*6*5*5 = 4,500 starts.
+# Epoch AI's replication grid for Chinchilla approach 3 (Besiroglu et al. 2024, arXiv 2404.10102): 6*5*6*5*5 = 4,500 starts.
 GRID_LOG_COEF = (0.0, 5.0, 10.0, 15.0, 20.0, 25.0)
 GRID_EXPONENT = (0.0, 0.5, 1.0, 1.5, 2.0)
 GRID_LOG_E = (-1.0, -0.5, 0.0, 0.5, 1.0)

@@ -1,7 +1,7 @@
 """Predictions from a fitted law: loss at (N, D, format) and the Chinchilla-optimal token count.
 
 A compressed model of N parameters behaves like a dense one of N * eff(C) parameters, so its
-Chinchilla-optimal D is the dense optimum for N * eff(C) (REFERENCE.md). With the full law that
+Chinchilla-optimal D is the dense optimum for N * eff(C) (Frantar et al. 2025, arXiv 2502.16440). With the full law that
 optimum comes from the law itself: at fixed compute 6ND the loss is minimal where
 b a / N^b = d c / D^d, i.e. D* = (d c (N eff)^b / (b a))^(1/d). With the reduced form (every run at
 one tokens-per-parameter ratio r, data term not identified) it is r * N * eff.
