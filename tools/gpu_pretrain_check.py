@@ -3,7 +3,8 @@
 
 Runs (one process per visible GPU, at most 2) the same short job twice: once
 straight through, once stopped at the half-way checkpoint (--exit-interval, exit code 3 = requeue)
-and resumed with --load. Prints both loss columns and the largest difference, and exits 1 if the
+and resumed with --save DIR --load DIR. Prints both loss columns and the largest difference, and
+exits 1 if the
 runs fail, if a loss is not finite, or if the resumed losses differ by more than --tolerance
 (relative; bf16 on a GPU is not promised bit-for-bit, because some CUDA backward kernels add in a
 nondeterministic order). Used by tools/gpu_check.sh; on a CPU it runs the same job in fp32 over
@@ -76,10 +77,12 @@ def main(argv=None) -> int:
     if launch(base + ["--run-dir", str(straight)], nproc) != 0:
         failures.append("the uninterrupted run failed")
     half = str(args.iters // 2)
-    code = launch(base + ["--run-dir", str(resumed), "--exit-interval", half], nproc)
+    # Megatron-LM's resume idiom: the same --save DIR --load DIR on both jobs.
+    ckpts = ["--save", str(resumed / "checkpoints"), "--load", str(resumed / "checkpoints")]
+    code = launch(base + ["--run-dir", str(resumed), "--exit-interval", half] + ckpts, nproc)
     if code != REQUEUE_EXIT_CODE:
         failures.append(f"the stopped run exited {code}, not {REQUEUE_EXIT_CODE} (requeue)")
-    if launch(base + ["--run-dir", str(resumed), "--load"], nproc) != 0:
+    if launch(base + ["--run-dir", str(resumed)] + ckpts, nproc) != 0:
         failures.append("the resumed run failed")
     if failures:
         print("FAILED:", "; ".join(failures))

@@ -98,6 +98,7 @@ def _convert_rank(rank: int, world_size: int, init_method: str, plan, location: 
     from megatron_csl.compat import initialize_cpu_parallel
     from megatron_csl.training import checkpointing as ckpt
     from megatron_csl.training.model_setup import build_training_objects
+    from megatron_csl.training.megatron_args import megatron_args
 
     initialize_cpu_parallel(plan.tp, plan.pp, rank=rank, world_size=world_size,
                             init_method=init_method, seed=plan.config.optimizer.seed)
@@ -109,7 +110,8 @@ def _convert_rank(rank: int, world_size: int, init_method: str, plan, location: 
         raise ConversionError(f"checkpoint {location.checkpoint_dir} holds step {state.get('step')}, "
                               f"its name says {location.iteration}")
     ckpt.save_checkpoint(Path(staging) / ckpt.CHECKPOINTS_DIR, location.iteration, objs.model, objs.optimizer,
-                         objs.scheduler, state, use_distopt)
+                         objs.scheduler, state, use_distopt,
+                         args=megatron_args(plan, state["consumed_samples"], state["step"]))
     return {"rank": rank, "step": state["step"]}
 
 

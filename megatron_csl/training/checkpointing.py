@@ -9,8 +9,11 @@ and the tracker always names a complete checkpoint. If the tracker is missing or
 incomplete, discovery falls back to the newest complete ``iter_*`` directory. Directories written
 before the Megatron-LM layout (tracker ``latest``) are still found.
 
-The common state carries Megatron-LM's keys too (``iteration``, ``checkpoint_version``,
-``opt_param_scheduler``), so Megatron-LM's tools recognise the checkpoint.
+The common state carries Megatron-LM's keys too (``args``, ``iteration``,
+``checkpoint_version``, ``opt_param_scheduler``, ``num_floating_point_operations_so_far``), and
+the RNG states are stored as Megatron-LM's ``get_rng_state`` stores them (format_version 2), so
+Megatron-LM's ``load_checkpoint`` reads the checkpoint. Format 1 checkpoints (RNG in this
+project's own layout, no ``args``) still load.
 
 A checkpoint holds the model, the optimizer (the distributed optimizer in the ``fully_reshardable``
 format, so it loads at any TP/PP/DP), the LR scheduler, each rank's RNG states, and the data
@@ -36,7 +39,7 @@ from megatron_csl.runfiles import (CHECKPOINTS_DIR, ITER_RE, LATEST_FILE, LATEST
 
 TMP_SUFFIX = ".tmp"
 _ITER_RE = ITER_RE
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: RNG in Megatron-LM's layout and Megatron-LM's args; 1: before
 MEGATRON_CHECKPOINT_VERSION = 3.0   # Megatron-LM's checkpoint_version of torch_dist checkpoints
 
 
@@ -113,29 +116,39 @@ def sharded_state_metadata(use_distributed_optimizer: bool) -> dict:
     return metadata
 
 
+# Megatron-LM's key names of one rank's RNG states (megatron/training/checkpointing.py,
+# get_rng_state); the format 1 names are this project's older ones.
+_RNG_KEYS = {"random": "random_rng_state", "numpy": "np_rng_state", "torch": "torch_rng_state",
+             "cuda": "cuda_rng_state", "tracker": "rng_tracker_states"}
+_RNG_KEYS_V1 = {name: name for name in _RNG_KEYS}
+
+
 def _rng_state() -> dict:
+    """This rank's RNG states under Megatron-LM's names. ``cuda_rng_state`` only where CUDA is
+    (Megatron-LM's loader needs it: a checkpoint written on a CPU loads there with
+    --no-load-rng)."""
     from megatron.core import tensor_parallel
 
     state = {
-        "random": random.getstate(),
-        "numpy": numpy.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
+        _RNG_KEYS["random"]: random.getstate(),
+        _RNG_KEYS["numpy"]: numpy.random.get_state(),
+        _RNG_KEYS["torch"]: torch.get_rng_state(),
+        _RNG_KEYS["tracker"]: tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state()
+        state[_RNG_KEYS["cuda"]] = torch.cuda.get_rng_state()
     return state
 
 
-def _set_rng_state(state: dict) -> None:
+def _set_rng_state(state: dict, keys: dict = _RNG_KEYS) -> None:
     from megatron.core import tensor_parallel
 
-    random.setstate(state["random"])
-    numpy.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
+    random.setstate(state[keys["random"]])
+    numpy.random.set_state(state[keys["numpy"]])
+    torch.set_rng_state(state[keys["torch"]])
+    if keys["cuda"] in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state[keys["cuda"]])
+    tensor_parallel.get_cuda_rng_tracker().set_states(state[keys["tracker"]])
 
 
 def _layout() -> dict:
@@ -146,19 +159,48 @@ def _layout() -> dict:
             "dp": ps.get_data_parallel_world_size()}
 
 
-def _rng_sharded_object(state):
+def _rng_sharded_object(states, format_version: int = FORMAT_VERSION):
+    """The ``rng_state`` entry. Format 2 is Megatron-LM's (get_rng_state with
+    --data-parallel-random-init): one object per (PP, TP) rank holding the list of every DP
+    rank's states, written by DP rank 0 (replica_id = DP rank). Every DP rank's own states are
+    kept, so resume stays exact; Megatron-LM without --data-parallel-random-init takes entry 0
+    (its DP ranks share one state). Format 1: one object per (PP, TP, DP) rank."""
     from megatron.core import parallel_state as ps
     from megatron.core.dist_checkpointing.mapping import ShardedObject
 
     layout = _layout()
-    return ShardedObject(
-        "rng_state", state, (layout["pp"], layout["tp"], layout["dp"]),
-        (ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank(),
-         ps.get_data_parallel_rank()), replica_id=0)
+    pp_rank, tp_rank = ps.get_pipeline_model_parallel_rank(), ps.get_tensor_model_parallel_rank()
+    dp_rank = ps.get_data_parallel_rank()
+    if format_version < 2:
+        return ShardedObject("rng_state", states, (layout["pp"], layout["tp"], layout["dp"]),
+                             (pp_rank, tp_rank, dp_rank), replica_id=0)
+    return ShardedObject("rng_state", states, (layout["pp"], layout["tp"]), (pp_rank, tp_rank),
+                         replica_id=dp_rank)
+
+
+def _all_dp_rng_states() -> list:
+    """Every DP rank's RNG states, in DP rank order (Megatron-LM's all_gather_object)."""
+    from megatron.core import parallel_state as ps
+
+    state = _rng_state()
+    if ps.get_data_parallel_world_size() == 1:
+        return [state]
+    states = [None] * ps.get_data_parallel_world_size()
+    torch.distributed.all_gather_object(states, state, group=ps.get_data_parallel_group())
+    return states
+
+
+def _pick_rng_state(loaded, format_version: int) -> Optional[dict]:
+    from megatron.core import parallel_state as ps
+
+    if loaded is None or format_version < 2:
+        return loaded
+    dp_rank = ps.get_data_parallel_rank()
+    return loaded[dp_rank] if len(loaded) > dp_rank else loaded[0]
 
 
 def _state_dict(model, optimizer, scheduler, metadata, training_state: Optional[dict],
-                is_loading: bool, with_rng: bool):
+                is_loading: bool, with_rng: bool, args=None, format_version: int = FORMAT_VERSION):
     from megatron.core.utils import unwrap_model
 
     # The bare GPTModel (inside DDP / Float16Module) names the keys as Megatron-LM does.
@@ -180,16 +222,25 @@ def _state_dict(model, optimizer, scheduler, metadata, training_state: Optional[
         state["iteration"] = training_state["step"]
         state["checkpoint_version"] = MEGATRON_CHECKPOINT_VERSION
         state["opt_param_scheduler"] = state["scheduler"]
+        state["num_floating_point_operations_so_far"] = 0    # not counted here
+        if args is not None:
+            from .megatron_args import megatron_scheduler_state
+
+            state["args"] = args
+            state["opt_param_scheduler"] = megatron_scheduler_state(state["scheduler"],
+                                                                    args.global_batch_size)
     if with_rng:
-        state["rng_state"] = _rng_sharded_object(_rng_state() if not is_loading else None)
+        state["rng_state"] = _rng_sharded_object(
+            _all_dp_rng_states() if not is_loading else None, format_version)
     return state
 
 
 def save_checkpoint(root: Path, step: int, model, optimizer, scheduler,
                     training_state: dict, use_distributed_optimizer: bool,
-                    keep_last: int = 0) -> Path:
+                    keep_last: int = 0, args=None) -> Path:
     """Write checkpoint ``step`` into the checkpoint directory ``root`` (all ranks call this)
-    and point the tracker file at it."""
+    and point the tracker file at it. ``args``: Megatron-LM's Namespace for the common state
+    (megatron_args.megatron_args)."""
     from megatron.core import dist_checkpointing
 
     root = Path(root)
@@ -203,7 +254,7 @@ def save_checkpoint(root: Path, step: int, model, optimizer, scheduler,
     dist_utils.barrier()
     metadata = sharded_state_metadata(use_distributed_optimizer)
     state = _state_dict(model, optimizer, scheduler, metadata, training_state,
-                        is_loading=False, with_rng=True)
+                        is_loading=False, with_rng=True, args=args)
     megatron_fixes.in_process_save_results()
     dist_checkpointing.save(state, str(tmp), content_metadata=metadata)
     dist_utils.barrier()
@@ -236,8 +287,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, use_distributed_opt
     """
     from megatron.core import dist_checkpointing
 
+    from .megatron_args import check_checkpoint_args
+
     path = Path(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
+    check_checkpoint_args(common, model, path)
+    format_version = common.get("format_version", 1)
     same_layout = common.get("layout") == _layout()
     with_rng = same_layout and load_rng
     # The request follows this run's optimizer: fully_reshardable state loads at any layout.
@@ -246,7 +301,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, use_distributed_opt
         megatron_fixes.materialize_optimizer_state(optimizer)
         megatron_fixes.tolerate_missing_step(optimizer)
     request = _state_dict(model, optimizer, scheduler, metadata, None, is_loading=True,
-                          with_rng=with_rng)
+                          with_rng=with_rng, format_version=format_version)
     if not load_optim:
         request.pop("optimizer", None)
     loaded = dist_checkpointing.load(request, str(path))
@@ -257,8 +312,9 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, use_distributed_opt
         optimizer.load_state_dict(loaded["optimizer"])
         _untie_adam_steps(optimizer)
     scheduler.load_state_dict(loaded["scheduler"])
-    if with_rng and loaded.get("rng_state") is not None:
-        _set_rng_state(loaded["rng_state"])
+    rng = _pick_rng_state(loaded.get("rng_state"), format_version) if with_rng else None
+    if rng is not None:
+        _set_rng_state(rng, _RNG_KEYS if format_version >= 2 else _RNG_KEYS_V1)
     elif not same_layout and dist_utils.is_rank0():
         print(f"[pretrain] checkpoint layout {common.get('layout')} differs from this run's "
               f"{_layout()}: model and optimizer resharded, RNG states start fresh",
@@ -277,8 +333,11 @@ def load_model_weights(path: Path, model) -> dict:
     from megatron.core import dist_checkpointing
     from megatron.core.utils import unwrap_model
 
+    from .megatron_args import check_checkpoint_args
+
     path = Path(path)
     common = dist_checkpointing.load_common_state_dict(str(path))
+    check_checkpoint_args(common, model, path)
     bare = unwrap_model(model)
     request = bare.sharded_state_dict(metadata=sharded_state_metadata(False))
     saved = set(dist_checkpointing.load_tensors_metadata(str(path)))

@@ -44,7 +44,8 @@ def _env() -> dict:
 
 def pretrain_command(run_dir: Path, iters: int, python: str = sys.executable) -> List[str]:
     return [python, str(REPO / "launch" / "pretrain.py"), *TINY_RUN, "--train-iters", str(iters),
-            "--eval-interval", str(iters), "--run-dir", str(run_dir), "--load"]
+            "--eval-interval", str(iters), "--run-dir", str(run_dir),
+            "--save", str(run_dir / "checkpoints"), "--load", str(run_dir / "checkpoints")]
 
 
 def comparable_rows(run_dir: Path) -> list:

@@ -29,6 +29,7 @@ from .errors import ConfigError, DivergenceError, PretrainError
 from .lock import RUN_LOCK, RunDirLock
 from .model_setup import build_training_objects, check_schedule_matches, current_lr
 from .plan import RunPlan, resolve_plan, run_json
+from .megatron_args import megatron_args
 from .resume_check import check_same_run
 from .rundir import (METRICS_JSONL, RESULT_JSON, RUN_JSON, MetricsLog, atomic_write_json,
                      progress_line, read_json, read_metrics)
@@ -247,7 +248,9 @@ class Trainer:
                                         self.objs.optimizer, self.objs.scheduler,
                                         self._training_state(),
                                         bool(self.config.parallel.use_distributed_optimizer),
-                                        keep_last=self.config.checkpoint.keep_last_checkpoints)
+                                        keep_last=self.config.checkpoint.keep_last_checkpoints,
+                                        args=megatron_args(self.plan, self.consumed_samples,
+                                                           self.step))
         except Exception as e:
             if not preflight.is_disk_full(e):
                 raise

@@ -166,9 +166,9 @@ def test_verbose_shows_the_library_warnings(tmp_path):
     assert "not installed" in proc.stderr
 
 
-def _megatron_lm(mode, directory):
+def _megatron_lm(mode, directory, *extra):
     proc = subprocess.run([sys.executable, str(Path(__file__).with_name("megatron_lm_checkpoint.py")),
-                           mode, str(directory)], cwd=REPO, env=_env(), capture_output=True,
+                           mode, str(directory), *extra], cwd=REPO, env=_env(), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")][-1]
@@ -228,3 +228,81 @@ def test_exit_duration_in_mins_stops_with_a_checkpoint(tmp_path):
                                      "--save", str(tmp_path / "ck")])
     assert code == REQUEUE_EXIT_CODE
     assert read_latest(tmp_path / "ck") == 1     # checked before every step after the first
+
+
+TINY_LLAMA = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
+              "--ffn-hidden-size", "128", "--seq-length", "32", "--vocab-size", "256",
+              "--mock-data", "--lr", "1e-3", "--eval-iters", "1", "--no-tensorboard"]
+
+
+def test_megatron_lm_load_side_reads_of_a_checkpoint_of_this_project(tmp_path):
+    """Megatron-LM's load_checkpoint reads (megatron_lm_checkpoint.megatron_lm_reads, key for key)
+    succeed on a checkpoint written by launch/pretrain.py: args with Megatron-LM's field names,
+    RNG in Megatron-LM's layout and names, iteration, consumed samples, scheduler."""
+    from megatron_csl.training import run_pretrain
+
+    ours = tmp_path / "ours"
+    assert run_pretrain(TINY_LLAMA + ["--train-iters", "2", "--global-batch-size", "4",
+                                      "--save", str(ours)]) == 0
+    reads = _megatron_lm("reads", ours)
+    assert (reads["iteration"], reads["checkpoint_version"], reads["flops"]) == (2, 3.0, 0)
+    assert reads["consumed"] == [8, 0, 0]
+    # Megatron-LM's scheduler counts samples: 2 iterations of 4 sequences, warm-up 0, decay and
+    # weight-decay increments over the 2 iterations.
+    assert reads["scheduler"] == {"num_steps": 8, "lr_warmup_steps": 0, "lr_decay_steps": 8,
+                                  "wd_incr_steps": 8}
+    # cuda_rng_state is written only on a GPU (a CPU checkpoint needs --no-load-rng there).
+    expected = {"random_rng_state", "np_rng_state", "torch_rng_state", "rng_tracker_states"}
+    assert set(reads["rng_keys"]) - {"cuda_rng_state"} == expected
+    args = reads["use_checkpoint_args"]
+    assert {k: args[k] for k in ("num_layers", "hidden_size", "ffn_hidden_size",
+                                 "num_attention_heads", "num_query_groups", "kv_channels",
+                                 "seq_length", "padded_vocab_size", "tensor_model_parallel_size",
+                                 "pipeline_model_parallel_size")} == dict(
+        num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
+        num_query_groups=4, kv_channels=16, seq_length=32, padded_vocab_size=256,
+        tensor_model_parallel_size=1, pipeline_model_parallel_size=1)
+    assert (args["swiglu"], args["normalization"], args["position_embedding_type"],
+            args["add_bias_linear"], args["group_query_attention"], args["ckpt_format"]) == (
+        True, "RMSNorm", "rope", False, False, "torch_dist")
+
+
+def test_a_megatron_lm_checkpoint_of_another_shape_is_a_named_error(tmp_path, capsys):
+    """A checkpoint with Megatron-LM's common state (args: 3 layers) against a 2-layer command
+    line: the error names the field and both values, as Megatron-LM's check_checkpoint_args."""
+    from megatron_csl.training import run_pretrain
+
+    megatron_dir = tmp_path / "megatron"
+    _megatron_lm("save", megatron_dir, "--num-layers", "3")
+    code = run_pretrain(TINY_LLAMA + ["--train-iters", "2", "--save", str(tmp_path / "x"),
+                                      "--load", str(megatron_dir), "--finetune"])
+    assert code == 2
+    err = capsys.readouterr()
+    assert "num_layers 3 in the checkpoint, 2 here" in err.out + err.err
+
+
+def test_checkpoint_args_check_names_every_differing_field():
+    import argparse
+
+    from megatron_csl.training.megatron_args import CheckpointShapeError, check_checkpoint_args
+    from megatron_csl.training.errors import ConfigError
+
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = argparse.Namespace(num_layers=2, hidden_size=64, num_attention_heads=4,
+                                             num_query_groups=None, ffn_hidden_size=128,
+                                             kv_channels=16)
+            self.vocab_size = 256
+
+    saved = argparse.Namespace(num_layers=2, hidden_size=64, num_attention_heads=4,
+                               num_query_groups=None, group_query_attention=False,
+                               ffn_hidden_size=128, kv_channels=16, padded_vocab_size=256)
+    check_checkpoint_args({"args": saved}, Bare(), "ck")          # same shape: no error
+    check_checkpoint_args({}, Bare(), "ck")                       # no args: not checked here
+    wrong = argparse.Namespace(**{**vars(saved), "hidden_size": 32, "padded_vocab_size": 512})
+    with pytest.raises(CheckpointShapeError) as err:
+        check_checkpoint_args({"args": wrong}, Bare(), "ck")
+    assert isinstance(err.value, ConfigError)
+    assert "hidden_size 32 in the checkpoint, 64 here" in str(err.value)
+    assert "padded_vocab_size 512 in the checkpoint, 256 here" in str(err.value)
