@@ -18,6 +18,9 @@ RESULT_JSON = "result.json"
 TENSORBOARD_DIR = "tensorboard"
 DATA_CACHE_DIR = "data_cache"
 CHECKPOINTS_DIR = "checkpoints"           # the default checkpoint directory inside RUN_DIR
+# format_version of a checkpoint's common state (megatron_csl.training.checkpointing): 1 with this
+# project's own RNG layout, 2 with Megatron-LM's RNG layout and args. The last one is written.
+CHECKPOINT_FORMAT_VERSIONS = (1, 2)
 
 LATEST_FILE = "latest_checkpointed_iteration.txt"   # Megatron-LM's tracker file
 LEGACY_LATEST_FILE = "latest"                       # written by megatron-csl before config v2

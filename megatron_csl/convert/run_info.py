@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Optional
 
 from megatron_csl.convert.errors import ConversionError
-from megatron_csl.runfiles import CHECKPOINTS_DIR, ITER_RE, LATEST_FILES, RUN_JSON, checkpoint_dirname
+from megatron_csl.runfiles import (CHECKPOINT_FORMAT_VERSIONS, CHECKPOINTS_DIR, ITER_RE,
+                                   LATEST_FILES, RUN_JSON, checkpoint_dirname)
 SUPPORTED_SHARDED_BACKENDS = {"torch_dist": (1,)}
 # megatron_csl.training.checkpointing.FORMAT_VERSION values this converter reads.
-SUPPORTED_FORMAT_VERSIONS = (1,)
+SUPPORTED_FORMAT_VERSIONS = CHECKPOINT_FORMAT_VERSIONS
 
 
 @dataclass(frozen=True)

@@ -34,12 +34,12 @@ from . import checkpoint_integrity
 from . import distributed as dist_utils
 from . import megatron_fixes
 from megatron_csl.atomic import atomic_write_text
-from megatron_csl.runfiles import (CHECKPOINTS_DIR, ITER_RE, LATEST_FILE, LATEST_FILES,  # noqa: F401
-                                   checkpoint_dirname)
+from megatron_csl.runfiles import (CHECKPOINT_FORMAT_VERSIONS, CHECKPOINTS_DIR,  # noqa: F401
+                                   ITER_RE, LATEST_FILE, LATEST_FILES, checkpoint_dirname)
 
 TMP_SUFFIX = ".tmp"
 _ITER_RE = ITER_RE
-FORMAT_VERSION = 2      # 2: RNG in Megatron-LM's layout and Megatron-LM's args; 1: before
+FORMAT_VERSION = CHECKPOINT_FORMAT_VERSIONS[-1]   # 2: Megatron-LM's RNG layout and args
 MEGATRON_CHECKPOINT_VERSION = 3.0   # Megatron-LM's checkpoint_version of torch_dist checkpoints
 
 

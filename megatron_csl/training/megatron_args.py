@@ -7,8 +7,9 @@ Megatron-LM's ``megatron/training/checkpointing.py`` stores its whole argparse N
 decisions), ``no_save_rng``/``no_save_optim``, ``world_size``/``data_parallel_size``,
 ``consumed_train_samples``/``skipped_train_samples``/``consumed_valid_samples``, and
 ``check_checkpoint_args`` compares ``num_layers``, ``hidden_size``, ``num_attention_heads`` and
-``add_position_embedding``; ``--use-checkpoint-args`` (``load_args_from_checkpoint``) copies the
-model fields (``ffn_hidden_size``, ``num_query_groups``, ``swiglu``, ``normalization``, ...).
+``add_position_embedding`` (default True); ``--use-checkpoint-args``
+(``load_args_from_checkpoint``) copies the model fields (``ffn_hidden_size``,
+``num_query_groups``, ``swiglu``, ``normalization``, ...).
 
 The Namespace is generated from the typed configuration: every field of every config group
 (their names are Megatron-LM's flag names), then the values the plan resolved (the model shape,
@@ -41,8 +42,6 @@ def megatron_args(plan, consumed_train_samples: int, iteration: int) -> argparse
         vocab_size=plan.vocab_size, padded_vocab_size=plan.padded_vocab_size,
         # Derived as Megatron-LM's validate_args derives them.
         add_bias_linear=not cfg.model.disable_bias_linear,
-        add_position_embedding=cfg.model.position_embedding_type != "rope",
-        use_rotary_position_embeddings=cfg.model.position_embedding_type == "rope",
         add_qkv_bias=False, squared_relu=False, apply_layernorm_1p=False,
         rotary_interleaved=False, num_experts=None, use_mcore_models=True,
         # Layout and schedule as this run resolved them.
@@ -63,6 +62,10 @@ def megatron_args(plan, consumed_train_samples: int, iteration: int) -> argparse
         consumed_train_samples=consumed_train_samples, skipped_train_samples=0,
         consumed_valid_samples=0, iteration=iteration,
         compression=plan.compression)
+    # Not written: add_position_embedding and use_rotary_position_embeddings, legacy fields that
+    # megatron-core's GPTModel ignores (position_embedding_type decides). check_checkpoint_args
+    # compares add_position_embedding with a default of True (Megatron-LM's own default, False
+    # only with --no-position-embedding), so leaving it out matches either setting.
     return argparse.Namespace(**values)
 
 

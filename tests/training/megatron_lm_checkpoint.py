@@ -149,7 +149,7 @@ def main(mode, root, num_layers=2):
                                   pipeline_model_parallel_size=1, ckpt_format="torch_dist",
                                   iteration=ITERATION, group_query_attention=False,
                                   kv_channels=16, swiglu=True, normalization="RMSNorm",
-                                  position_embedding_type="rope", add_position_embedding=False,
+                                  position_embedding_type="rope",
                                   untie_embeddings_and_output_weights=True,
                                   add_bias_linear=False, consumed_train_samples=ITERATION * 4,
                                   consumed_valid_samples=0, use_distributed_optimizer=False)
@@ -162,7 +162,8 @@ def main(mode, root, num_layers=2):
         return {"saved": str(ckpt)}
     if mode == "reads":
         run_args = argparse.Namespace(**SHAPE, tensor_model_parallel_size=1,
-                                      pipeline_model_parallel_size=1, add_position_embedding=False)
+                                      pipeline_model_parallel_size=1,
+                                      add_position_embedding=True)   # Megatron-LM's default
         return megatron_lm_reads(root, model, run_args)
     iteration = int((root / "latest_checkpointed_iteration.txt").read_text().strip())
     ckpt = root / f"iter_{iteration:07d}"
