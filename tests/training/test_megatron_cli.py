@@ -123,6 +123,18 @@ def test_run_json_of_config_version_1_loads_and_converts(tmp_path):
                           cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 1
+    # Its format_version 1 checkpoint (RNG in this project's older layout) loads with its RNG
+    # states and is rewritten in format 2 (Megatron-LM's RNG layout and args).
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "convert_checkpoint.py"), "--load",
+                           str(run), "--to", "megatron", "--output", str(tmp_path / "v2")],
+                          cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    from megatron.core import dist_checkpointing
+
+    new = locate_checkpoint(tmp_path / "v2")
+    common = dist_checkpointing.load_common_state_dict(str(new.checkpoint_dir))
+    assert common["format_version"] == 2 and common["iteration"] == 2
+    assert (common["args"].num_layers, common["args"].hidden_size) == (1, 32)
 
 
 def test_megatron_llama_example_runs_resumes_and_starts_quietly(tmp_path):
