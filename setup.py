@@ -35,5 +35,7 @@ setup(
                  "triton; platform_system == 'Linux'"],
         "te": ["transformer-engine[pytorch]"],
         "triton": ["triton"],
+        # --fused-kernels liger / bench_step --dense-options liger: Triton kernels, CUDA only.
+        "gpu": ["liger-kernel==0.8.5", "triton; platform_system == 'Linux'"],
     },
 )

@@ -62,6 +62,10 @@ def parse_args(argv=None):
     p.add_argument("--fp8-rows", type=_csv, default=None, metavar="FORMAT:RECIPE,...",
                    help="extra dense rows trained with TE's FP8 GEMMs (needs --transformer-impl "
                         "te), e.g. hybrid:delayed,hybrid:tensorwise,e4m3:delayed")
+    p.add_argument("--dense-options", type=_csv, default=None, metavar="OPTION,...",
+                   help="extra rows of the project's dense model with its speed options: "
+                        "compile (torch.compile of norms and SwiGLU, --compile-backend), liger "
+                        "(liger-kernel's RMSNorm, SwiGLU, cross-entropy; CUDA), compile+liger")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON (atomically)")
     args = p.parse_args(argv)
     for name in ("layers", "hidden", "heads", "ffn", "seq", "micro_batch", "vocab", "steps",
@@ -111,6 +115,13 @@ def main(argv=None):
             print(f"error: --fp8-rows {item!r}: {err}", file=sys.stderr)
             return 2
         fp8_rows.append((fmt, recipe or "delayed"))
+    dense_options = args.dense_options or []
+    for option in dense_options:
+        try:
+            bench.parse_dense_option(option)
+        except ValueError as err:
+            print(f"error: --dense-options: {err}", file=sys.stderr)
+            return 2
     cuda = torch.cuda.is_available() and not args.cpu_smoke
     if not cuda and not args.cpu_smoke:
         print("no CUDA device: running the CPU smoke configuration (use --cpu-smoke to say so)",
@@ -140,7 +151,7 @@ def main(argv=None):
                                          progress=lambda m: print(m, file=sys.stderr,
                                                                   flush=True),
                                          plain=plain, compile_backend=args.compile_backend,
-                                         fp8_rows=fp8_rows,
+                                         fp8_rows=fp8_rows, dense_options=dense_options,
                                          on_result=write_json if args.json else None)
     print(bench.format_step_table(results, cfg, rate))
     return 0

@@ -39,12 +39,18 @@ def build_gpt_model(
     post_process: Optional[bool] = None,
     rotary_base: int = 10000,
     attention: str = "megatron",
+    fused_kernels: str = "none",
+    compile_backend: Optional[str] = None,
 ):
     """A megatron-core GPTModel: untied embeddings, RoPE, the layer spec of `compression`/`impl`.
 
     `attention`: core attention, "megatron" (the spec's own; dense + local is then exactly
     megatron-core's local-spec GPTModel) or "sdpa" (flash attention through
     torch.nn.functional.scaled_dot_product_attention, see megatron_csl.layers.attention).
+
+    Speed options (megatron_csl.layers.fused; off by default): `fused_kernels="liger"`
+    (liger-kernel's RMSNorm, SwiGLU and cross-entropy; local layers, CUDA) and
+    `compile_backend` (e.g. "inductor": torch.compile of the RMSNorms and the SwiGLU activation).
 
     `config` is a TransformerConfig (see `llama_transformer_config`). Needs megatron's
     parallel_state initialised (a 1-rank gloo group is enough on a CPU). pre_process/post_process
@@ -67,10 +73,19 @@ def build_gpt_model(
         compression=compression,
         vocab_size=vocab_size,
     )
+    from megatron_csl.layers.fused import (check_fused_kernels, compile_norms,
+                                           fused_layer_spec, use_liger_loss)
+
+    check_fused_kernels(fused_kernels)
+    if fused_kernels != "none" and impl != "local":
+        raise ValueError(f"fused_kernels={fused_kernels!r} works on the local layers; "
+                         f"impl={impl!r} (Transformer Engine) has its own fused norms")
     pre_process, post_process = _stage_flags(pre_process, post_process)
-    return GPTModel(
+    spec = fused_layer_spec(compressed_layer_spec(compression, impl, attention), fused_kernels,
+                            compile_backend)
+    model = GPTModel(
         config=config,
-        transformer_layer_spec=compressed_layer_spec(compression, impl, attention),
+        transformer_layer_spec=spec,
         vocab_size=vocab_size,
         max_sequence_length=seq_length,
         pre_process=pre_process,
@@ -80,3 +95,8 @@ def build_gpt_model(
         rotary_percent=1.0,
         rotary_base=rotary_base,
     )
+    if compile_backend is not None:
+        compile_norms(model, compile_backend)
+    if fused_kernels == "liger" and post_process:
+        use_liger_loss(model)
+    return model

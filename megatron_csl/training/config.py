@@ -189,6 +189,15 @@ class ModelConfig:
         "dense is then exactly megatron's local-spec model) or sdpa (torch's "
         "scaled_dot_product_attention; same numerics within fp32 rounding, no parameters)",
         choices=("megatron", "sdpa"), origin=EXTENSION)
+    fused_kernels: str = option(
+        "none", "fused kernels for the dense parts of the local layers: none (megatron-core's "
+        "modules) or liger (liger-kernel's Triton RMSNorm, SwiGLU and cross-entropy at TP=1; "
+        "needs CUDA and pip install liger-kernel)", choices=("none", "liger"), origin=EXTENSION,
+        gpu_only=True)
+    torch_compile: bool = option(
+        False, "torch.compile (inductor) the parts of each transformer layer that compile "
+        "without graph breaks: the RMSNorms and the SwiGLU activation (linears stay eager)",
+        origin=EXTENSION)
     use_cpu_initialization: Optional[bool] = option(
         None, "initialise weights on the CPU from one master weight, so any TP size gives the "
         "same model (default: the model package's choice)")

@@ -50,7 +50,8 @@ def build_model(plan):
         use_cpu_initialization=m.use_cpu_initialization, **overrides)
     model = build_gpt_model(config, vocab_size=plan.padded_vocab_size, seq_length=plan.seq_length,
                             compression=plan.compression, impl=m.impl, attention=m.attention,
-                            rotary_base=m.rotary_base)
+                            rotary_base=m.rotary_base, fused_kernels=m.fused_kernels,
+                            compile_backend="inductor" if m.torch_compile else None)
     if torch.cuda.is_available():
         model.cuda(torch.cuda.current_device())
     if half:

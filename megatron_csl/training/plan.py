@@ -262,6 +262,16 @@ def resolve_plan(config: PretrainConfig, world_size: int) -> RunPlan:
         except ImportError:
             raise ConfigError(f"--transformer-impl {m.transformer_impl} needs Transformer Engine, "
                               f"which is not installed; use --transformer-impl local") from None
+    if m.fused_kernels != "none":
+        from megatron_csl.layers.fused import FusedKernelsUnavailable, check_fused_kernels
+
+        if m.impl != "local":
+            raise ConfigError(f"--fused-kernels {m.fused_kernels} works on the local layers; "
+                              f"--transformer-impl {m.transformer_impl} has its own fused norms")
+        try:
+            check_fused_kernels(m.fused_kernels)
+        except FusedKernelsUnavailable as err:
+            raise ConfigError(f"--fused-kernels {m.fused_kernels}: {err}") from None
     if par.sequence_parallel and tp == 1:
         notices.append("--sequence-parallel: no effect with --tensor-model-parallel-size 1")
     elif par.sequence_parallel:

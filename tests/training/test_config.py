@@ -125,3 +125,12 @@ def test_warmup_iterations(extra, iters, expected):
 def test_warmup_longer_than_training_is_refused():
     with pytest.raises(ConfigError, match="warm-up of 10 iterations must be shorter"):
         warmup_iters(parse_args(BASE + ["--lr-warmup-iters", "10"]), 10)
+
+
+def test_speed_options_parse_and_default_off():
+    cfg = parse_args(BASE)
+    assert (cfg.model.fused_kernels, cfg.model.torch_compile) == ("none", False)
+    cfg = parse_args(BASE + ["--fused-kernels", "liger", "--torch-compile"])
+    assert (cfg.model.fused_kernels, cfg.model.torch_compile) == ("liger", True)
+    with pytest.raises(ConfigError, match="--fused-kernels: invalid choice: 'apex'"):
+        parse_args(BASE + ["--fused-kernels", "apex"])

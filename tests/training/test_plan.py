@@ -152,3 +152,39 @@ def test_weighted_data_paths_round_trip(pairs):
     prefixes, weights = parse_data_path(tokens, "--data-path")
     assert list(prefixes) == [p for _, p in pairs]
     assert list(weights) == [w for w, _ in pairs]
+
+
+def test_fused_kernels_need_liger_and_cuda_and_local_layers(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="--fused-kernels liger: .*needs (a CUDA GPU|liger-k)"):
+        plan_for(SHAPE + ["--train-iters", "10", "--fused-kernels", "liger"])
+
+
+def test_speed_options_reach_the_model_builder(monkeypatch):
+    """--fused-kernels / --torch-compile are passed to build_gpt_model (inductor)."""
+    import megatron_csl.model as model_pkg
+    from megatron_csl.layers import fused
+    from megatron_csl.training import model_setup
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_build(config, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(fused, "check_fused_kernels", lambda name: name)
+    monkeypatch.setattr(model_pkg, "build_gpt_model", fake_build)
+    plan = plan_for(SHAPE + ["--train-iters", "10", "--fused-kernels", "liger",
+                             "--torch-compile"])
+    with pytest.raises(Stop):
+        model_setup.build_model(plan)
+    assert (seen["fused_kernels"], seen["compile_backend"]) == ("liger", "inductor")
+    plan = plan_for(SHAPE + ["--train-iters", "10"])
+    with pytest.raises(Stop):
+        model_setup.build_model(plan)
+    assert (seen["fused_kernels"], seen["compile_backend"]) == ("none", None)

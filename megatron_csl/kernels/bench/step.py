@@ -41,6 +41,10 @@ class StepBenchConfig:
     impl: str = "local"                  # "te": Transformer Engine's layers (--transformer-impl)
     fp8_format: Optional[str] = None     # TE FP8 GEMMs (hybrid / e4m3), impl "te" only
     fp8_recipe: str = "delayed"
+    # Dense-speed options of the project's model (megatron_csl.layers.fused): torch.compile of
+    # the norms and SwiGLU with this backend, and liger-kernel's fused kernels.
+    compile_backend: Optional[str] = None
+    fused_kernels: str = "none"
     # None: MEGATRON_CSL_KERNELS decides (1, 0 or check); False: reference only (--no-kernels).
     kernels: Optional[bool] = None
     warmup: int = 3
@@ -149,7 +153,9 @@ def build_training_step(compression: str, cfg: StepBenchConfig, device: torch.de
                                       **fp8_config_overrides(cfg.fp8_format, cfg.fp8_recipe,
                                                              cfg.impl))
     model = build_gpt_model(config, vocab_size=cfg.vocab_size, seq_length=cfg.seq_length,
-                            compression=compression, attention=cfg.attention, impl=cfg.impl)
+                            compression=compression, attention=cfg.attention, impl=cfg.impl,
+                            fused_kernels=cfg.fused_kernels,
+                            compile_backend=cfg.compile_backend)
     model.to(device)
     if cfg.bf16:
         from megatron.core.transformer.module import Float16Module
@@ -204,6 +210,7 @@ def bench_format(compression: str, cfg: StepBenchConfig, device: torch.device,
 
     spec = parse_spec(compression)
     label = spec.canonical
+    label += dense_option_label(cfg)
     if cfg.fp8_format is not None:
         label += f" {FP8_LABEL}{cfg.fp8_format}/{cfg.fp8_recipe}"
     result = StepResult(compression=label, attention=cfg.attention,
@@ -228,6 +235,8 @@ def bench_plain(mode: str, cfg: StepBenchConfig, device: torch.device, rate: flo
 def _measure(result: StepResult, build: Callable, cfg: StepBenchConfig, device: torch.device,
              rate: float) -> StepResult:
     """Fill result with the median step time of build()'s step (or the reason it failed)."""
+    from megatron_csl.layers.fused import FusedKernelsUnavailable
+
     step = objects = None
     try:
         if device.type == "cuda":
@@ -240,6 +249,8 @@ def _measure(result: StepResult, build: Callable, cfg: StepBenchConfig, device: 
         result.mfu = mfu(flops, result.step_s, rate)
         if device.type == "cuda":
             result.peak_memory_gb = torch.cuda.max_memory_allocated(device) / 2 ** 30
+    except FusedKernelsUnavailable as err:  # e.g. --dense-options liger without liger-kernel
+        result.error = f"unavailable: {err}"
     except ValueError as err:  # a format that does not fit the shape (LayoutError, SpecError)
         result.error = f"does not fit: {err}"
     except Exception as err:  # one format failing (OOM) must not lose the others' figures
@@ -270,15 +281,41 @@ def _kernel_summary(spec, cfg: StepBenchConfig, device: torch.device) -> str:
 
 
 FP8_LABEL = "te-fp8:"
+# --dense-options: extra rows of the project's dense model with the speed options.
+DENSE_OPTIONS = ("compile", "liger", "compile+liger")
+
+
+def parse_dense_option(option: str, compile_backend: str = "inductor") -> dict:
+    """StepBenchConfig fields for one --dense-options item ("compile", "liger", "compile+liger")."""
+    parts = option.split("+")
+    if option not in DENSE_OPTIONS:
+        raise ValueError(f"dense option must be one of {', '.join(DENSE_OPTIONS)}, "
+                         f"got {option!r}")
+    return {"compile_backend": compile_backend if "compile" in parts else None,
+            "fused_kernels": "liger" if "liger" in parts else "none"}
+
+
+def dense_option_label(cfg: StepBenchConfig) -> str:
+    """' +compile', ' +liger', ' +compile+liger' or ''."""
+    parts = (["compile"] if cfg.compile_backend else []) + (
+        ["liger"] if cfg.fused_kernels == "liger" else [])
+    return " +" + "+".join(parts) if parts else ""
+
+
+def is_project_dense(label: str) -> bool:
+    """The project's dense row or one of its speed-option rows (not a TE FP8 row)."""
+    return label == "dense" or label.startswith("dense +")
 
 
 def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepBenchConfig,
                    progress: Callable[[str], None] = print, plain: Sequence[str] = (),
                    compile_backend: str = "inductor", fp8_rows: Sequence[tuple] = (),
+                   dense_options: Sequence[str] = (),
                    on_result: Optional[Callable[[list, float], None]] = None):
     """Results for the plain PyTorch model in each mode of `plain` ('eager', 'compiled'), then
-    every (attention, format), then dense with TE's FP8 for each (format, recipe) of
-    `fp8_rows`, and the measured matmul rate (FLOP/s). on_result(results so far, rate) runs
+    every (attention, format), then dense with each speed option of `dense_options` (see
+    DENSE_OPTIONS; compiled with `compile_backend`), then dense with TE's FP8 for each
+    (format, recipe) of `fp8_rows`, and the measured matmul rate (FLOP/s). on_result(results so far, rate) runs
     after each row (so that a run cut short by a time limit keeps what it measured)."""
     device = resolve_device(cfg.device)
     init_single_process(device)
@@ -301,6 +338,8 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
         run_cfg = dataclasses.replace(cfg, attention=attention)
         dense_s = None
         runs = [(fmt, run_cfg) for fmt in formats] + [
+            ("dense", dataclasses.replace(run_cfg, **parse_dense_option(o, compile_backend)))
+            for o in dense_options] + [
             ("dense", dataclasses.replace(run_cfg, fp8_format=f, fp8_recipe=r))
             for f, r in fp8_rows]
         for fmt, fmt_cfg in runs:
@@ -341,14 +380,16 @@ def ratio_lines(results, cfg: StepBenchConfig) -> list:
         dense = next((r for r in rows if r.compression == "dense"), None)
         if dense is None:
             continue
-        for name, ref in plain.items():
-            speed = ref.step_s / dense.step_s
-            target = DENSE_SPEED_TARGETS.get(name) if _has_targets(cfg) else None
-            line = (f"project dense [{attention}] vs {name}: {speed:.2f}x speed "
-                    f"({dense.step_s * 1e3:.1f} vs {ref.step_s * 1e3:.1f} ms)")
-            if target is not None:
-                line += _verdict(speed >= target, f">= {target}x")
-            lines.append(line)
+        for variant in (r for r in rows if is_project_dense(r.compression)):
+            for name, ref in plain.items():
+                speed = ref.step_s / variant.step_s
+                target = DENSE_SPEED_TARGETS.get(name) if _has_targets(cfg) else None
+                line = (f"project {variant.compression} [{attention}] vs {name}: "
+                        f"{speed:.2f}x speed "
+                        f"({variant.step_s * 1e3:.1f} vs {ref.step_s * 1e3:.1f} ms)")
+                if target is not None:
+                    line += _verdict(speed >= target, f">= {target}x")
+                lines.append(line)
         limit = OVERHEAD_TARGETS.get(cfg.hidden_size) if _has_targets(cfg) else None
         for r in rows:
             if r.compression == "dense":
