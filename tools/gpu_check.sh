@@ -7,9 +7,10 @@
 #                int8 GEMM, SDPA attention) and the kernel tests on compiled kernels; no -x
 #   kernels      tools/bench_kernels.py: each kernel's time and % of the measured copy bandwidth
 #   step_308m    tools/bench_step.py at 308M (24x1024, FFN 2816, micro-batch 8), every format,
-#                beside plain PyTorch (SDPA) eager and torch.compile'd, every ratio
+#                beside plain PyTorch (SDPA) eager and torch.compile'd, every ratio; the project's
+#                dense step also with its speed options (--dense-options compile,liger)
 #   step_1b      tools/bench_step.py at 1.23B (24x2048, FFN 5632, micro-batch 4): dense, w4a4,
-#                w8a8 (int8 GEMM), fp8, with the plain rows
+#                w8a8 (int8 GEMM), fp8, with the plain rows and the dense speed options
 #   te           Transformer Engine spec (--transformer-impl te), bf16 and FP8 (hybrid, delayed
 #                and current scaling) at 1.23B, if transformer_engine imports (skipped otherwise)
 #   demo_size    the GPU demo's largest model (10m, seq 512, micro-batch 32) tokens/s, and the
@@ -29,7 +30,8 @@
 # checkout, e.g. on a machine with network access:
 #     python3 -m pip download --no-deps --python-version 3.12 --only-binary=:all: -d .whl \
 #         megatron-core==0.16.1 tabulate==0.10.0 hypothesis==6.170.15 sortedcontainers==2.4.0 \
-#         pytest-timeout==2.4.0
+#         pytest-timeout==2.4.0 liger-kernel==0.8.5
+# (liger-kernel: the `liger` rows; without it they say "unavailable".)
 # The script installs .whl/*.whl into /tmp/site (no network, no dependencies) before it starts.
 # Exit status: 0 when every step passed, 1 when any failed, 2 when it could not start.
 set -uo pipefail
@@ -67,6 +69,10 @@ if compgen -G ".whl/*.whl" > /dev/null; then
 else
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 fi
+if ! "$PY" -c "import liger_kernel" 2>/dev/null; then
+    echo "note: liger-kernel is not installed (no .whl/liger_kernel-*.whl): the 'dense +liger'" \
+         "rows will say unavailable" | tee -a "$OUT/gpu_check.log"
+fi
 
 if [ "$SMOKE_MODE" = 1 ]; then
     SMOKE=(--cpu-smoke)
@@ -74,6 +80,7 @@ if [ "$SMOKE_MODE" = 1 ]; then
     SHAPE_1B=()
     PRETRAIN=(--iters 4)
     PLAIN=(--plain eager,compiled --compile-backend aot_eager)
+    DENSE_OPTIONS=(--dense-options compile,liger)
     DEMO_SHAPE=(--cpu-smoke --steps 1 --warmup 0)
     DEMO_LIMIT=120
     TESTS=(tests/kernels/test_bench_step_setup.py tests/compression/test_gpu.py)
@@ -84,11 +91,12 @@ else
     SHAPE_1B=(--layers 24 --hidden 2048 --heads 16 --ffn 5632 --micro-batch 4 --warmup 2 --steps 5)
     PRETRAIN=()
     PLAIN=(--plain eager,compiled)
+    DENSE_OPTIONS=(--dense-options compile,liger)
     DEMO_SHAPE=(--layers 6 --hidden 384 --heads 6 --ffn 1024 --vocab 4096 --seq 512
                 --micro-batch 32 --warmup 2 --steps 5)
-    DEMO_LIMIT=25
+    DEMO_LIMIT=20
     TESTS=(tests/kernels tests/compression/test_gpu.py tests/layers/test_te_layers.py
-           tests/layers/test_weight_cache.py tests/layers/test_te_fp8.py)
+           tests/layers/test_weight_cache.py tests/layers/test_te_fp8.py tests/layers/test_fused.py)
     "$PY" -c "import torch; print('device:', torch.cuda.get_device_name(0), '| torch', torch.__version__)" \
         | tee -a "$OUT/gpu_check.log"
 fi
@@ -109,15 +117,16 @@ step() {
     echo "$name: $status in $(( $(date +%s) - start )) s" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"
 }
 
-step tests 130 tests.txt \
+# Limits add up to 540 s (505 s without TE).
+step tests 120 tests.txt \
     "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not slurm" "${TESTS[@]}"
-step kernels 30 kernels.txt "$PY" tools/bench_kernels.py "${SMOKE[@]}" --json "$OUT/kernels.json"
-step step_308m 140 step.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_308M[@]}" \
-    "${PLAIN[@]}" --json "$OUT/step.json"
-step step_1b 110 step_1b.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_1B[@]}" \
-    --formats dense,w4a4,w8a8,fp8 "${PLAIN[@]}" --json "$OUT/step_1b.json"
+step kernels 25 kernels.txt "$PY" tools/bench_kernels.py "${SMOKE[@]}" --json "$OUT/kernels.json"
+step step_308m 160 step.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_308M[@]}" \
+    "${PLAIN[@]}" "${DENSE_OPTIONS[@]}" --json "$OUT/step.json"
+step step_1b 130 step_1b.txt "$PY" tools/bench_step.py "${SMOKE[@]}" "${SHAPE_1B[@]}" \
+    --formats dense,w4a4,w8a8,fp8 "${PLAIN[@]}" "${DENSE_OPTIONS[@]}" --json "$OUT/step_1b.json"
 if "$PY" -c "import transformer_engine.pytorch" 2>/dev/null && [ "$SMOKE_MODE" = 0 ]; then
-    step te 40 te.txt "$PY" tools/bench_step.py "${SHAPE_1B[@]}" --transformer-impl te \
+    step te 35 te.txt "$PY" tools/bench_step.py "${SHAPE_1B[@]}" --transformer-impl te \
         --attention megatron --formats dense --fp8-rows hybrid:delayed,hybrid:tensorwise,e4m3:delayed --plain none \
         --json "$OUT/te.json"
 else
@@ -127,7 +136,7 @@ fi
 step demo_size "$DEMO_LIMIT" demo_size.txt bash -c "\"\$0\" tools/bench_step.py ${DEMO_SHAPE[*]} \
     --formats dense --plain none --json '$OUT/demo_rate.json' \
     && \"\$0\" -m megatron_csl.demo_sizing --from-json '$OUT/demo_rate.json'" "$PY"
-step pretrain 65 pretrain.txt "$PY" tools/gpu_pretrain_check.py --work /tmp/gpu_pretrain "${PRETRAIN[@]}"
+step pretrain 50 pretrain.txt "$PY" tools/gpu_pretrain_check.py --work /tmp/gpu_pretrain "${PRETRAIN[@]}"
 echo "failed steps: $FAILED" | tee -a "$OUT/summary.txt" "$OUT/gpu_check.log"
 echo "=== done; results in $OUT" | tee -a "$OUT/gpu_check.log"
 [ "$FAILED" = 0 ]

@@ -62,3 +62,20 @@ def test_no_step_stops_the_others():
     pytest_lines = [line for line in text.splitlines() if "-m pytest" in line]
     assert pytest_lines and all(" -x" not in line for line in pytest_lines)
     assert "set -e" not in text and 'echo "failed steps: $FAILED"' in text
+
+
+def test_gpu_step_limits_fit_nine_minutes_and_bench_the_dense_options():
+    """The time limits of the GPU run (te included, demo at its GPU limit) add up to <= 540 s,
+    and both step benchmarks carry the dense speed-option rows (issue 15, item 1)."""
+    import re
+
+    text = SCRIPT.read_text()
+    gpu_branch = text.split('else\n    SMOKE=()', 1)[1].split("\nfi\n", 1)[0]
+    demo = int(re.search(r"DEMO_LIMIT=(\d+)", gpu_branch).group(1))
+    assert re.search(r"DENSE_OPTIONS=\(--dense-options compile,liger\)", gpu_branch)
+    limits = [demo if limit == '"$DEMO_LIMIT"' else int(limit)
+              for limit in re.findall(r"^\s*step \w+ (\S+) ", text, flags=re.M)]
+    assert len(limits) == 7 and sum(limits) <= 540, limits
+    for name in ("step_308m", "step_1b"):
+        command = text.split(f"step {name} ", 1)[1].split("\nstep", 1)[0]
+        assert '"${DENSE_OPTIONS[@]}"' in command, name

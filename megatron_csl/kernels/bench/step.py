@@ -313,8 +313,8 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
                    dense_options: Sequence[str] = (),
                    on_result: Optional[Callable[[list, float], None]] = None):
     """Results for the plain PyTorch model in each mode of `plain` ('eager', 'compiled'), then
-    every (attention, format), then dense with each speed option of `dense_options` (see
-    DENSE_OPTIONS; compiled with `compile_backend`), then dense with TE's FP8 for each
+    every (attention, format) with dense followed by dense with each speed option of
+    `dense_options` (see DENSE_OPTIONS; compiled with `compile_backend`), then dense with TE's FP8 for each
     (format, recipe) of `fp8_rows`, and the measured matmul rate (FLOP/s). on_result(results so far, rate) runs
     after each row (so that a run cut short by a time limit keeps what it measured)."""
     device = resolve_device(cfg.device)
@@ -337,9 +337,12 @@ def run_step_bench(formats: Sequence[str], attentions: Sequence[str], cfg: StepB
     for attention in attentions:
         run_cfg = dataclasses.replace(cfg, attention=attention)
         dense_s = None
-        runs = [(fmt, run_cfg) for fmt in formats] + [
-            ("dense", dataclasses.replace(run_cfg, **parse_dense_option(o, compile_backend)))
-            for o in dense_options] + [
+        # the speed-option rows right after dense (a run cut short by a time limit keeps them)
+        option_runs = [("dense", dataclasses.replace(run_cfg, **parse_dense_option(
+            o, compile_backend))) for o in dense_options]
+        at = formats.index("dense") + 1 if "dense" in formats else 0
+        runs = [(fmt, run_cfg) for fmt in formats[:at]] + option_runs + [
+            (fmt, run_cfg) for fmt in formats[at:]] + [
             ("dense", dataclasses.replace(run_cfg, fp8_format=f, fp8_recipe=r))
             for f, r in fp8_rows]
         for fmt, fmt_cfg in runs:
