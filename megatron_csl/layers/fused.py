@@ -120,10 +120,13 @@ class SwiGLUMLP(MLP):
 
 def liger_language_model_loss(labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """megatron's compute_language_model_loss (labels [b, s], logits [s, b, v] -> loss [b, s])
-    through liger's fused cross-entropy (whole vocabulary on this rank: TP = 1)."""
+    through liger's fused cross-entropy (whole vocabulary on this rank: TP = 1). In float32,
+    as megatron's loss: liger keeps per-token losses in the logits' dtype (bf16 would round
+    each to 3 digits)."""
     s, b, v = logits.shape
     target = labels.transpose(0, 1).reshape(-1)
-    loss = _liger()[2].apply(logits.reshape(s * b, v), target, None, -100, 0.0, 0.0, "none")[0]
+    logits = logits.reshape(s * b, v).float()
+    loss = _liger()[2].apply(logits, target, None, -100, 0.0, 0.0, "none")[0]
     return loss.view(s, b).transpose(0, 1).contiguous()
 
 
