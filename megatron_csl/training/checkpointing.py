@@ -207,8 +207,10 @@ def _state_dict(model, optimizer, scheduler, metadata, training_state: Optional[
     model_sd = unwrap_model(model).sharded_state_dict(metadata=metadata)
     state = {
         "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
-                                                  metadata=metadata),
+        # optimizer None: --no-load-optim. Not even asked for its sharded state dict, which
+        # creates Adam's moment tensors without a `step` (torch Adam then fails at its next step).
+        "optimizer": None if optimizer is None else optimizer.sharded_state_dict(
+            model_sd, is_loading=is_loading, metadata=metadata),
         "format_version": FORMAT_VERSION,
     }
     if state["optimizer"] is None:
@@ -300,10 +302,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, use_distributed_opt
     if load_optim:
         megatron_fixes.materialize_optimizer_state(optimizer)
         megatron_fixes.tolerate_missing_step(optimizer)
-    request = _state_dict(model, optimizer, scheduler, metadata, None, is_loading=True,
-                          with_rng=with_rng, format_version=format_version)
-    if not load_optim:
-        request.pop("optimizer", None)
+    request = _state_dict(model, optimizer if load_optim else None, scheduler, metadata, None,
+                          is_loading=True, with_rng=with_rng, format_version=format_version)
     loaded = dist_checkpointing.load(request, str(path))
     from megatron.core.utils import unwrap_model
 

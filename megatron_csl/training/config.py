@@ -494,6 +494,11 @@ def _is_bool(f) -> bool:
     return f.type in (bool, Optional[bool], "bool", "Optional[bool]")
 
 
+def _is_negative_switch(f) -> bool:
+    """A switch whose name already says "no" (no_load_optim, no_load_rng): it only turns on."""
+    return f.name.startswith("no_")
+
+
 # ---------------------------------------------------------------------------- refused flags
 @dataclasses.dataclass(frozen=True)
 class Refused:
@@ -613,6 +618,10 @@ def _add_field(group, f) -> None:
         group.add_argument(name, "--no-load", action=_LoadAction, nargs="?", metavar="DIR",
                            **kwargs)
         return
+    if _is_bool(f) and _is_negative_switch(f):
+        # Megatron-LM's --no-load-optim style switches: no "--no-no-load-optim" counterpart.
+        group.add_argument(name, action="store_const", const=True, **kwargs)
+        return
     if _is_bool(f):
         group.add_argument(name, action=argparse.BooleanOptionalAction, **kwargs)
         return
@@ -649,7 +658,7 @@ def _option_table() -> Dict[str, Tuple[str, bool]]:
             continue
         name = flag_name(f.name)
         table[name] = (f.name, False)
-        if _is_bool(f) or f.name == "load":
+        if (_is_bool(f) and not _is_negative_switch(f)) or f.name == "load":
             table["--no-" + name[2:]] = (f.name, True)
     return table
 

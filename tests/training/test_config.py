@@ -30,6 +30,15 @@ def test_base_arguments_parse():
     assert cfg.compression.compression == "dense" and cfg.model.transformer_impl == "local"
 
 
+def test_megatron_no_switches_only_turn_on():
+    """--no-load-optim / --no-load-rng are Megatron-LM's store_true switches: no --no-no-... twin."""
+    cfg = parse_args(BASE + ["--no-load-optim", "--no-load-rng"])
+    assert cfg.checkpoint.no_load_optim is True and cfg.checkpoint.no_load_rng is True
+    assert "--no-no-load-optim" not in OPTIONS and "--no-no-load-rng" not in OPTIONS
+    with pytest.raises(ConfigError, match="unrecognized arguments: --no-no-load-optim"):
+        parse_args(BASE + ["--no-no-load-optim"])
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--train-tokens", "1000"], "exactly one token budget"),
     (["--data-path", "x"], "exclusive"),
