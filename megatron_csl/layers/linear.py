@@ -186,17 +186,6 @@ class CompressedRowParallelLinear(_CompressedLinear, RowParallelLinear):
                                 weight_split_dim=1, input_split=True)
         self._pending_units = None
 
-    def _runs_on_int8(self, input, weight, bias) -> bool:
-        """bf16/fp16 integer x integer formats of at most 8 bits run on torch._int_mm (exact
-        integer sums, the fake-quant values' product; megatron_csl/kernels/int8.py), unless
-        MEGATRON_CSL_KERNELS=0."""
-        if not (self._int8_gemm and bias is None and not self.sequence_parallel
-                and input.dtype in (torch.bfloat16, torch.float16) and weight.dtype == input.dtype):
-            return False
-        from megatron_csl.kernels import kernel_mode
-
-        return kernel_mode() != "0"
-
     def _runs_on_integer_codes(self, input, weight, bias) -> bool:
         # The units multiply the all-reduced sum, which forward adds the bias to.
         return (super()._runs_on_integer_codes(input, weight, bias)
