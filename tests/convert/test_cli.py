@@ -13,6 +13,8 @@ import torch
 from megatron_csl.convert import cli
 from megatron_csl.convert.errors import ConversionError
 
+from tests.training.helpers import tool_env
+
 from .helpers import megatron_logits, relative_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,18 +25,11 @@ SHAPE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4
          "--no-tensorboard"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("convert") / "run-w4"
     proc = subprocess.run(PRETRAIN + SHAPE + ["--compression", "w4", "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+                          capture_output=True, text=True, timeout=300, env=tool_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 
@@ -97,7 +92,7 @@ def test_megatron_tp2_resumes_with_the_same_loss(trained_run, tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                            "--master-port", port, str(REPO / "launch" / "pretrain.py"),
                            "--config", str(out_dir / "pretrain_args.yaml")],
-                          capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+                          capture_output=True, text=True, timeout=300, env=tool_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "resumed from" in proc.stdout
     source = json.loads((trained_run / "result.json").read_text())

@@ -10,6 +10,8 @@ the fixed-rule formats avoid it with an integer-code matmul that learned steps d
 import pytest
 import torch
 
+from .layout_results import merge_stages, relative_error
+
 FORMATS = {"float32": ["w4:lsq"], "float64": ["w4a4:lsq", "w4:zero,lsq+a4:pact"]}
 RTOL = 1e-6
 # An activation step's (or clip's) gradient sums one term per quantized value, (L - x/s) * dL/dx_hat, whose
@@ -32,30 +34,18 @@ def runs(tmp_path_factory):
     return run_ranks(learned_exactness, 2, FORMATS, str(ckpt), timeout_s=400)
 
 
-def _merge(per_rank, key):
-    loss = next(r[key]["loss"] for r in per_rank[::-1] if r[key]["loss"] is not None)
-    grads = {}
-    for r in per_rank:
-        grads.update(r[key]["grads"])
-    return loss, grads
-
-
-def _rel(a, b):
-    return (a - b).norm().item() / max(b.norm().item(), 1e-30)
-
-
 @pytest.mark.parametrize("layout,dtype,fmt", CASES)
 def test_learned_layout_matches_reference(runs, layout, dtype, fmt):
-    ref_loss, ref_grads = _merge(runs, ("reference", dtype, fmt))
-    loss, grads = _merge(runs, (layout, dtype, fmt))
+    ref_loss, ref_grads = merge_stages(runs, "reference", dtype, fmt)
+    loss, grads = merge_stages(runs, layout, dtype, fmt)
     assert abs(loss - ref_loss) <= RTOL * abs(ref_loss), (loss, ref_loss)
     assert grads.keys() == ref_grads.keys()
     learned = [k for k in grads if "learned_scales" in k]
     assert learned, "no learned parameters in the model"
-    worst = max((_rel(grads[k], ref_grads[k]), k) for k in grads if "input_" not in k)
+    worst = max((relative_error(grads[k], ref_grads[k]), k) for k in grads if "input_" not in k)
     assert worst[0] <= RTOL, worst
     for k in learned:
-        assert _rel(grads[k], ref_grads[k]) <= STEP_RTOL, k
+        assert relative_error(grads[k], ref_grads[k]) <= STEP_RTOL, k
     # Each kind of learned step / clip gets gradient somewhere (the worker starts PACT's clip at
     # 0.01, so that it clips the RMS-normalised inputs of qkv and fc1).
     for kind in {k.rsplit(".", 1)[-1] for k in learned}:
@@ -64,8 +54,8 @@ def test_learned_layout_matches_reference(runs, layout, dtype, fmt):
 
 def test_learned_formats_differ_from_fixed_rules(runs):
     """Guards the comparison: a learned format is not silently its fixed-rule counterpart."""
-    loss_lsq, grads = _merge(runs, ("reference", "float64", "w4a4:lsq"))
-    loss_pact, pact_grads = _merge(runs, ("reference", "float64", "w4:zero,lsq+a4:pact"))
+    loss_lsq, grads = merge_stages(runs, "reference", "float64", "w4a4:lsq")
+    loss_pact, pact_grads = merge_stages(runs, "reference", "float64", "w4:zero,lsq+a4:pact")
     assert loss_lsq != loss_pact
     assert {k.rsplit(".", 1)[-1] for k in grads if "learned_scales" in k} == {
         "weight_step_offset", "input_step_offset"}

@@ -14,6 +14,8 @@ shows the flip is real without it.
 import pytest
 import torch
 
+from .layout_results import merge_stages, relative_error
+
 FORMATS = ["dense", "w4", "w4a4", "w2a2", "s50", "s50:nm2/4", "s50+w4", "s50+w4a4", "fp8",
            # issue 17 weight formats (the tiny model's local input dims are multiples of 32)
            "vq2:2,had32", "w4:out5", "s50:nm4/8+w4:had32,trust", "fp4:trust"]
@@ -31,27 +33,13 @@ def runs():
     return run_ranks(exactness, 2, {"float32": FORMATS + ["w4a4" + FLOAT_MATMUL]}, timeout_s=300)
 
 
-def _merge_stages(per_rank, layout, dtype, fmt):
-    """Loss from the last stage; full gradients from whichever rank holds each parameter."""
-    key = (layout, dtype, fmt)
-    loss = next(r[key]["loss"] for r in per_rank[::-1] if r[key]["loss"] is not None)
-    grads = {}
-    for r in per_rank:
-        grads.update(r[key]["grads"])
-    return loss, grads
-
-
-def _rel(a, b):
-    return (a - b).norm().item() / max(b.norm().item(), 1e-30)
-
-
 @pytest.mark.parametrize("layout,dtype,fmt", CASES)
 def test_parallel_layout_matches_reference(runs, layout, dtype, fmt):
-    ref_loss, ref_grads = _merge_stages(runs, "reference", dtype, fmt)
-    loss, grads = _merge_stages(runs, layout, dtype, fmt)
+    ref_loss, ref_grads = merge_stages(runs, "reference", dtype, fmt)
+    loss, grads = merge_stages(runs, layout, dtype, fmt)
     assert abs(loss - ref_loss) <= RTOL * abs(ref_loss), (loss, ref_loss)
     assert grads.keys() == ref_grads.keys()
-    worst = max((_rel(grads[k], ref_grads[k]), k) for k in grads)
+    worst = max((relative_error(grads[k], ref_grads[k]), k) for k in grads)
     assert worst[0] <= RTOL, worst
     if layout == "tp2":   # both TP ranks hold the same gathered gradients
         key = (layout, dtype, fmt)
@@ -61,11 +49,11 @@ def test_parallel_layout_matches_reference(runs, layout, dtype, fmt):
 
 def test_formats_really_compress(runs):
     """Guards the comparison above against a silently uncompressed model."""
-    dense_loss, _ = _merge_stages(runs, "reference", "float32", "dense")
+    dense_loss, _ = merge_stages(runs, "reference", "float32", "dense")
     assert runs[0][("reference", "float32", "dense")]["linear_types"] == [
         "ColumnParallelLinear", "RowParallelLinear"]
     for fmt in FORMATS[1:]:
-        loss, _ = _merge_stages(runs, "reference", "float32", fmt)
+        loss, _ = merge_stages(runs, "reference", "float32", fmt)
         assert loss != dense_loss, fmt
         types = runs[0][("reference", "float32", fmt)]["linear_types"]
         # The four block linears are compressed; the output layer stays plain megatron.
@@ -79,10 +67,10 @@ def test_integer_codes_are_what_makes_w4a4_exact(runs):
     from .exactness_worker import FLOAT_MATMUL
 
     fmt = "w4a4" + FLOAT_MATMUL
-    ref_loss, ref_grads = _merge_stages(runs, "reference", "float32", fmt)
-    loss, grads = _merge_stages(runs, "tp2", "float32", fmt)
-    worst = max(_rel(grads[k], ref_grads[k]) for k in grads)
+    ref_loss, ref_grads = merge_stages(runs, "reference", "float32", fmt)
+    loss, grads = merge_stages(runs, "tp2", "float32", fmt)
+    worst = max(relative_error(grads[k], ref_grads[k]) for k in grads)
     assert worst > 100 * RTOL, worst
     # Same format, same quantized model: the two paths differ only by such flips (~1e-4).
-    exact_loss, _ = _merge_stages(runs, "reference", "float32", "w4a4")
+    exact_loss, _ = merge_stages(runs, "reference", "float32", "w4a4")
     assert abs(exact_loss - ref_loss) <= 1e-3 * abs(ref_loss)

@@ -2,7 +2,6 @@
 directories the fitter reads as their own formats, evaluation on the run's own validation
 samples, calibration on training samples, and bad inputs refused with nothing written."""
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -14,19 +13,13 @@ import torch
 
 from megatron_csl.ptq import cli
 from megatron_csl.ptq import run as ptq
+from tests.training.helpers import tool_env
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = ["--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4",
          "--ffn-hidden-size", "128", "--seq-length", "32", "--vocab-size", "300",
          "--split", "90,10,0", "--train-iters", "40", "--lr", "1e-2", "--micro-batch-size", "4",
          "--global-batch-size", "8", "--eval-iters", "2", "--no-tensorboard"]
-
-
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +36,7 @@ def dense_run(tmp_path_factory):
     run_dir = root / "runs" / "dense"
     proc = subprocess.run([sys.executable, str(REPO / "launch" / "pretrain.py"), *SHAPE,
                            "--data-path", prefix, "--run-dir", str(run_dir)],
-                          capture_output=True, text=True, timeout=300, env=_env(), cwd=REPO)
+                          capture_output=True, text=True, timeout=300, env=tool_env(), cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir
 

@@ -21,3 +21,14 @@ def random_documents(n_docs, vocab, seed=0, min_len=5, max_len=80):
     rng = numpy.random.default_rng(seed)
     return [rng.integers(0, vocab, size=int(rng.integers(min_len, max_len))).tolist()
             for _ in range(n_docs)]
+
+
+def tool_env():
+    """Environment for a tool run as a subprocess: one torch thread, no warnings, and no
+    torchrun rank variables inherited from the test process."""
+    import os
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
