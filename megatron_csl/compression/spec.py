@@ -214,21 +214,35 @@ class CompressionSpec:
         return out.reshape(x.shape).to(x.dtype)
 
     # ---- exact integer matmul -----------------------------------------------------------------
+    def integer_codes_reason(self) -> Optional[str]:
+        """None when the matmul can run on integer codes (weight_codes x activation_codes, the
+        units applied afterwards), else why not: integer weights and activations whose scales
+        factor out of the sum (per-row or per-tensor weight scale, per-token activation scale),
+        no Hadamard, outliers, activation sparsity or learned steps. The float32 exact path and
+        the int8 GEMM (kernels/int8.py) both start from this and add their own overflow bound."""
+        w, a = self.weight, self.activation
+        if not (isinstance(w, IntQuant) and isinstance(a, IntQuant)):
+            return "needs integer weights and activations"
+        if w.had or a.had:
+            return "Hadamard rotation"
+        if w.outliers:
+            return "full-precision outliers"
+        if self.activation_sparsity_format is not None:
+            return "activation sparsity"
+        if self.learned:  # the layer's learned steps, not integer_operand, quantize these
+            return "learned steps"
+        if w.granularity not in ("row", "tensor"):
+            return f"weight granularity {w.granularity!r} (its scale does not factor out of the sum)"
+        return None
+
     def integer_matmul_exact(self, in_features: int) -> bool:
         """Whether a matmul over `in_features` (the full, unsharded input dimension) can run on
-        integer codes exactly in float32: integer weights and activations whose scales factor
-        out of the sum (per-row or per-tensor weight scale, per-token activation scale, no
-        Hadamard), and every partial sum below 2^24."""
-        w, a = self.weight, self.activation
-        if not (isinstance(w, IntQuant) and isinstance(a, IntQuant)) or w.had or a.had:
+        integer codes exactly in float32: integer_codes_reason() is None and every partial sum
+        stays below 2^24."""
+        if self.integer_codes_reason() is not None:
             return False
-        if w.outliers or self.activation_sparsity_format is not None:
-            return False
-        if self.learned:  # the layer's learned steps, not integer_operand, quantize these
-            return False
-        if w.granularity not in ("row", "tensor"):
-            return False
-        return in_features * w.code_bound * a.code_bound < FLOAT32_EXACT_INTEGERS
+        return in_features * self.weight.code_bound * self.activation.code_bound \
+            < FLOAT32_EXACT_INTEGERS
 
     def weight_codes(self, w: torch.Tensor, shard: ShardContext = LOCAL):
         """(codes [out, in_local], unit [out, 1] or [1, 1]): codes * unit == compress_weight(w).

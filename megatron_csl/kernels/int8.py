@@ -31,15 +31,10 @@ def _is_sym(quantizer) -> bool:
 def int8_gemm_reason(spec, in_features: int) -> Optional[str]:
     """None when `spec`'s matmul can run as an int8 GEMM over `in_features` inputs, else why
     not."""
-    from megatron_csl.compression.quantizers import IntQuant
-
+    reason = spec.integer_codes_reason()
+    if reason is not None:
+        return reason
     w, a = spec.weight, spec.activation
-    if not (isinstance(w, IntQuant) and isinstance(a, IntQuant)):
-        return "needs integer weights and activations"
-    if w.had or a.had:
-        return "Hadamard rotation"
-    if w.granularity not in ("row", "tensor"):
-        return f"weight granularity {w.granularity!r} (its scale does not factor out of the sum)"
     if max(w.bits, a.bits) > 8:
         return "more than 8 bits"
     bw, ba = (2 if q.ternary else int(q.bits) for q in (w, a))

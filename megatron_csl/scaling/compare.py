@@ -35,26 +35,28 @@ def aic(resid: np.ndarray, n_params: int) -> float:
     return n * math.log(rss / n) + 2 * n_params
 
 
-def law_row(result, options: FitOptions) -> dict:
+def law_row(result, options: FitOptions, loso=None) -> dict:
+    """``loso``: this fit's leave_one_size_out, when the caller already has it."""
     problem = result.problem
     resid = problem.y - problem.predict_log(result.theta)
-    loso = leave_one_size_out(result, options)
+    if loso is None:
+        loso = leave_one_size_out(result, options)
     return {"law": result.law, "form": result.form, "params": problem.layout.n,
             "rmse_log": result.rmse_log, "loso_rmse_log": loso_rmse(loso),
             "aic": aic(resid, problem.layout.n), "epm": dict(result.epm)}
 
 
 def compare_laws(names, runs, options: FitOptions, workers: int = 1, progress: bool = False,
-                 fitted: dict | None = None) -> list[dict]:
-    """One row per law (``fitted``: {law: FitResult} already available), with ``delta_aic`` to
-    the best."""
-    fitted = fitted or {}
+                 fitted: dict | None = None, loso: dict | None = None) -> list[dict]:
+    """One row per law (``fitted``: {law: FitResult} already available, ``loso``: {law: its
+    leave_one_size_out} already computed), with ``delta_aic`` to the best."""
+    fitted, loso = fitted or {}, loso or {}
     rows = []
     for name in names:
         result = fitted.get(name) or fit_runs(name, runs, options=options, workers=workers,
                                               progress=progress,
                                               **law_inputs(name, runs.format_names()))
-        rows.append(law_row(result, options))
+        rows.append(law_row(result, options, loso.get(name)))
     best = min(r["aic"] for r in rows)
     for r in rows:
         r["delta_aic"] = r["aic"] - best

@@ -159,12 +159,14 @@ def run(args) -> int:
                              extra_starts=args.extra_starts, options=options, progress=progress,
                              unit=args.bootstrap_unit)
     from .loso import leave_one_size_out
-    diagnostics = diagnose_fit(result, boot, leave_one_size_out(result, options) if boot else ())
+    # Leave-one-size-out refits once per size: computed once for the diagnostics and the table.
+    loso = leave_one_size_out(result, options) if boot or compare else None
+    diagnostics = diagnose_fit(result, boot, loso if boot else ())
     report = build_report(result, boot, skipped, diagnostics=diagnostics)
     if compare:
         from .compare import compare_laws
         report["law_comparison"] = compare_laws(compare, runs, options, workers, progress,
-                                                fitted={args.law: result})
+                                                fitted={args.law: result}, loso={args.law: loso})
     if args.holdout_ratio is not None:
         from .holdout import holdout_report
         report["holdout"] = holdout_report(args.law, runs, args.holdout_ratio, options, workers,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bootstrap import warm_starts
-from .fitting import FitOptions, FitResult, minimize_from
-from .parallel import single_threaded_blas
+from .fitting import FitOptions, FitResult
+from .parallel import best_of, single_threaded_blas
 from .problem import FitProblem
 
 # Each refit starts from the full fit's optimum and its competitive other optima (as a bootstrap
@@ -65,8 +65,7 @@ def leave_one_size_out(result: FitResult, options: FitOptions | None = None) -> 
         sub = runs.subset(keep)
         problem = FitProblem(full.law, sub, full.layout.has_data_term)
         with single_threaded_blas():
-            fits = minimize_from(problem, starts, options)
-        value, theta = min(fits, key=lambda r: r[0] if np.isfinite(r[0]) else np.inf)
+            value, theta, _ = best_of(problem, starts, options, None)
         held = ~keep
         pred = full.predict_log(theta, full.log_n[held], full.log_d[held], full.fmt[held])
         out.append(LosoFit(

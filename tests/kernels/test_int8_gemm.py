@@ -20,6 +20,9 @@ INT8_FORMATS = ["w8a8", "w4a4", "w4a8:zero", "w1.58a8", "w8a8:absmax,tensor", "w
     ("w4:g64+a4", "weight granularity 64 (its scale does not factor out of the sum)"),
     ("w4a4:had", "Hadamard rotation"), ("w4", "needs integer weights and activations"),
     ("fp8a8", "needs integer weights and activations"),
+    # weight_codes/activation_codes ignore these, so the integer paths must not take them
+    ("w4:out1+a4", "full-precision outliers"), ("as50+w8a8", "activation sparsity"),
+    ("w4a4:lsq", "learned steps"),
 ])
 def test_which_formats_run_on_int8(text, why):
     assert int8_gemm_reason(parse_spec(text), 4096) == why
