@@ -43,12 +43,14 @@ REQUIRED_TRAINING_KEYS = ("seq_length", "global_batch_size")
 
 def pretrain_flags() -> dict:
     """launch/pretrain.py's flags: {key ("seq_length"): True for an on/off flag}, from the
-    training configuration's schema, so a sweep accepts exactly the flags training accepts."""
-    from megatron_csl.training.config import FIELDS, OPTIONS
+    training configuration's schema, so a sweep accepts exactly the flags training accepts
+    (and ``config``: pretrain.py's --config YAML of defaults)."""
+    from megatron_csl.training.config import FIELDS, OPTIONS, _is_bool
 
-    return {name: negative_exists for name, negative_exists in
-            ((name, ("--no-" + name.replace("_", "-")) in OPTIONS) for name in FIELDS
-             if ("--" + name.replace("_", "-")) in OPTIONS)}
+    flags = {name: _is_bool(f) for name, f in FIELDS.items()
+             if ("--" + name.replace("_", "-")) in OPTIONS}
+    flags["config"] = False
+    return flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +247,7 @@ def _parse_settings(value, where: str, layout_allowed: bool) -> tuple[dict, dict
             layout[key] = val
         elif key in training_keys:
             val = _check_flag_value(val, f"{where}.{key}")
-            if flags[key] and key != "load" and not isinstance(val, bool):
+            if flags[key] and not isinstance(val, bool):
                 raise SweepError(f"{where}.{key} must be true or false, got {val!r}")
             training[key] = val
         elif key in CONTROLLED_KEYS:

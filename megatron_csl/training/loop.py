@@ -138,8 +138,11 @@ class Trainer:
                 return {"error": f"--finetune --load {str(plan.load_dir)!r}: no complete "
                                  f"checkpoint there to start from"}
             return {"finetune": str(source[1])}
-        latest = own if self.config.checkpoint.finetune else ckpt.find_latest(plan.load_dir,
-                                                                               warn=warn)
+        # --save DIR --load DIR (and sweeps): the load directory is the one read above; reading
+        # (and integrity-checking) it again would only repeat its warnings.
+        same_dir = Path(plan.load_dir).resolve() == Path(plan.save_dir).resolve()
+        latest = (own if self.config.checkpoint.finetune or same_dir
+                  else ckpt.find_latest(plan.load_dir, warn=warn))
         if latest is None:
             note = (f"[pretrain] --load {plan.load_dir}: no checkpoint there yet; starting "
                     f"fresh")

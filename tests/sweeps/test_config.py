@@ -251,3 +251,18 @@ def test_a_repeated_key_is_an_error_naming_it_and_its_lines(tmp_path):
     nested.write_text(text.replace("training:\n", "training:\n  lr: 0.5\n", 1))
     with pytest.raises(SweepError, match="duplicate key 'lr'"):
         load_sweep(nested)
+
+
+def test_training_config_yaml_reaches_every_run(write_sweep, tmp_path):
+    """training.config: a --config YAML of defaults, resolved from the base directory like the
+    data paths; its values reach the run's configuration and its path the run's command line."""
+    from megatron_csl.sweeps.matrix import run_config
+
+    (tmp_path / "defaults.yaml").write_text("weight_decay: 0.05\n")
+    sweep = base_sweep()
+    sweep["training"]["config"] = "defaults.yaml"
+    loaded = load_sweep(write_sweep(sweep), output_dir="/tmp/o", base_dir=tmp_path)
+    run = expand_runs(loaded)[0]
+    assert run_config(run, Path("/tmp/o") / run.name, loaded).optimizer.weight_decay == 0.05
+    argv = pretrain_args(run, Path("/tmp/o") / run.name, loaded)
+    assert argv[argv.index("--config") + 1] == str(tmp_path / "defaults.yaml")
