@@ -27,6 +27,7 @@ import torch
 
 from . import floats
 from .gaussian import alpha_star, ternary_star, zero_grid_step_star
+from .sparsity import _number
 from .stats import Grouped
 
 TERNARY = 1.58  # the `bits` value that stands for the ternary grid (w1.58)
@@ -208,11 +209,6 @@ class IntQuant:
         if self.learned:
             out.append(self.learned)
         return out
-
-
-def _number(x: float) -> str:
-    """Shortest text that parses back to x: 1 -> "1", 0.5 -> "0.5"."""
-    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 def _had_option(block: int) -> str:

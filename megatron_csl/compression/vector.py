@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .gaussian import alpha_star, symmetric_levels
+from .quantizers import TRUST_TOLERANCE, _had_option
 from .stats import Grouped
 
 DIMENSIONS = (2, 4)
@@ -32,7 +33,6 @@ LLOYD_ITERATIONS = 60
 SAMPLES_PER_POINT = 1024
 MIN_SAMPLES = 2**18  # small grids get more samples per point (less overfit to the sample set)
 GRID_FILE = Path(__file__).with_name("vq_grids.npz")  # write_grid_file() regenerates it
-TRUST_TOLERANCE = 1e-6
 _CHUNK = 1 << 15  # d-vectors per distance block (memory: _CHUNK * 256 floats)
 
 
@@ -114,6 +114,13 @@ def _grid_tensor(dim: int, bits: int, device: str) -> torch.Tensor:
     return torch.tensor(gaussian_grid(dim, bits), dtype=torch.float32, device=device)
 
 
+@lru_cache(maxsize=None)
+def grid_radius(dim: int, bits: int) -> float:
+    """The largest norm of a grid point (float32 grid, as used), computed once on the host: the
+    trust mask's radius, without a device-to-host copy per forward."""
+    return float(_grid_tensor(dim, bits, "cpu").norm(dim=1).max())
+
+
 def nearest_points(y: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Index of the nearest grid point for every row of y [n, d] (ties: the lowest index).
 
@@ -153,7 +160,7 @@ class VectorQuant:
         return float(self.bits)
 
     def block_sizes(self) -> list[tuple[str, int]]:
-        return [(_had_name(self.had), self.had)]
+        return [(_had_option(self.had), self.had)]
 
     def grid(self, device="cpu") -> torch.Tensor:
         return _grid_tensor(self.dim, self.bits, str(device))
@@ -184,7 +191,7 @@ class VectorQuant:
         value = (grid[codes] * scale[:, :, None]).reshape(rows, cols)
         if self.estimator != "trust":
             return value, None
-        radius = float(grid.norm(dim=1).max()) * (1.0 + TRUST_TOLERANCE)
+        radius = grid_radius(self.dim, self.bits) * (1.0 + TRUST_TOLERANCE)
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         norms = (x / safe).reshape(rows, cols // self.dim, self.dim).norm(dim=2, keepdim=True)
         inside = (norms <= radius) | (scale[:, :, None] <= 0)
@@ -196,14 +203,10 @@ class VectorQuant:
     def options(self, **_) -> list[str]:
         out = [str(self.bits)]
         if self.had != 128:
-            out.append(_had_name(self.had))
+            out.append(_had_option(self.had))
         if self.estimator != "trust":
             out.append(self.estimator)
         return out
-
-
-def _had_name(block: int) -> str:
-    return "had" if block == 128 else f"had{block}"
 
 
 if __name__ == "__main__":

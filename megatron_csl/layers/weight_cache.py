@@ -170,8 +170,12 @@ def cached_compression(module, weight: torch.Tensor, kind: str,
     weight and bias (e.g. learned scales: their gradients would not flow through the kept graph)
     and for a format that sets `weight_is_deterministic = False` (e.g. noise drawn per forward).
     """
-    if (not _weight_is_deterministic(module.compression)
-            or any(name not in _OWN_PARAMETERS for name, _ in module.named_parameters())):
+    cacheable = module.__dict__.get("_weight_cacheable")
+    if cacheable is None:  # decided once per module: its format and parameters do not change
+        cacheable = (_weight_is_deterministic(module.compression)
+                     and all(name in _OWN_PARAMETERS for name, _ in module.named_parameters()))
+        module.__dict__["_weight_cacheable"] = cacheable
+    if not cacheable:
         return compute(weight)
     mode = "train" if module.training else "eval"
     return module._weight_cache.get(weight, f"{kind}:{mode}", compute)
