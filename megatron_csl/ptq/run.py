@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from megatron_csl.ptq.gptq import check_gptq_quantizer, gptq_quantize
+from megatron_csl.runfiles import RESULT_JSON
 
 METHODS = ("rtn", "gptq")
 BLOCK_LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1",
@@ -83,7 +84,7 @@ def check_request(load, compression: str, method: str, output, calibration_sampl
     except ConversionError as err:
         raise PTQError(f"--load: {err}") from None
     run_dir = location.run.run_dir
-    result_path = run_dir / "result.json"
+    result_path = run_dir / RESULT_JSON
     try:
         result = json.loads(result_path.read_text())
     except FileNotFoundError:
@@ -142,11 +143,9 @@ def _forward_loss(model, batch) -> float:
 def validation_loss(model, plan, valid_dataset) -> float:
     """The trainer's evaluate at DP=1: eval_iters global batches from validation sample 0, each
     the mean of its micro-batches' token-mean losses; the mean over the global batches."""
-    from megatron_csl.training import data as data_mod
-
     model.eval()
     gbs, mbs = plan.global_batch_size, plan.micro_batch_size
-    eval_iters = data_mod.samples_needed(plan)[1] // gbs   # the trainer's validation samples
+    eval_iters = plan.config.logging.eval_iters   # the trainer's validation batches
     total = 0.0
     for k in range(eval_iters):
         batches = _micro_batches(valid_dataset, k * gbs, gbs, mbs)
@@ -283,4 +282,4 @@ def ptq_run(load, compression: str, method: str, output, *,
     dense_loss = source_result.get("val_loss")
     log(f"[ptq] {key}: validation loss {val_loss:.4f} (the dense run: "
         f"{'?' if dense_loss is None else f'{dense_loss:.4f}'}); wrote {output}")
-    return json.loads((output / "result.json").read_text())
+    return json.loads((output / RESULT_JSON).read_text())
